@@ -1,0 +1,17 @@
+"""Strict habits for the whole suite (see STYLE.md).
+
+Eight fake CPU devices are made available for sharding and pmap tests; the flag
+must be set before JAX is imported, which is why it lives here and nowhere in
+library code.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")

@@ -1,0 +1,1 @@
+"""Training, evaluation and translation for jaxattn models (`python -m train.translate`)."""
