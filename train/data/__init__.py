@@ -1,0 +1,67 @@
+"""Translation data for jaxattn, TensorFlow-free: TFDS array_record sources batched by grain.
+
+Token ids (fixed for every vocabulary): pad = 0, unk = 1, bos (<sos>) = 2, eos = 3.
+Sources and targets end with eos and carry no bos (the models shift targets right themselves).
+
+Datasets (``config.data.dataset``):
+  * ``"number_words/<tiny|small|medium|long>"``: the embedded English/German/French number
+    words (`NumberWords`), built offline in seconds and cached in the TFDS data dir.
+  * ``"tsv"``: your own corpus, a TSV file or two aligned text files (`corpus_builder`).
+  * any TFDS translation dataset: ``"wmt14_translate/de-en"``, ``"ted_hrlr_translate/pt_to_en"``.
+  ``source_lang`` / ``target_lang`` pick the direction.
+
+Use from the trainer::
+
+    from train import data
+
+    config.data = data.default_data_config()          # in the experiment config
+    ds = data.make_datasets(config.data, workdir)       # builds/loads data + vocabulary
+    vocab_size = ds.tokenizers.target.vocab_size        # == source's when shared
+    train_iter = iter(ds.train)                         # grain DatasetIterator
+    batch = next(train_iter)                            # dict of numpy int32 arrays
+    state = train_iter.get_state()                      # JSON-serialisable dict: save it ...
+    train_iter.set_state(state)                         # ... and restore it on resume
+    ds.tokenizers.check(stored_fingerprint)             # on restore: same vocabulary?
+    stored_fingerprint = ds.tokenizers.fingerprint()    # save with the checkpoint
+    for batch in ds.eval["test"].batches:               # decode, then compare with
+      refs = [ds.eval["test"].pairs[i][1] for i in batch["example_index"] if i >= 0]
+      hyps = ds.tokenizers.target.decode_batch(tokens)  # tokens [B, T'] from the decoder
+
+Training batches (API.md): "inputs" [B, S] and "targets" [B, T] int32, 0-padded, eos-ended;
+with ``packing=True`` also "inputs_segmentation"/"targets_segmentation" (1..n per pair, 0 = pad)
+and "inputs_position"/"targets_position" (0-based, restarting per pair). Shapes come from a small
+fixed set (`Datasets.batch_shapes`); rows that are all zero are padding (mask loss by
+targets != 0). The iterator state is a plain dict of ints: store it as JSON next to the Orbax
+checkpoint (or with grain's `PyGrainCheckpointHandler`). Each process reads only its slice
+(``[jax.process_index()::jax.process_count()]``) of the training split.
+"""
+
+from train.data.batching import BucketBatchIterDataset
+from train.data.batching import default_bucket_lengths
+from train.data.batching import eval_batches
+from train.data.batching import pack
+from train.data.config import default_data_config
+from train.data.corpus import ParallelCorpus
+from train.data.corpus import corpus_builder
+from train.data.number_words import NumberWords
+from train.data.number_words import NumberWordsConfig
+from train.data.number_words import number_to_words
+from train.data.pipeline import Datasets
+from train.data.pipeline import EvalSet
+from train.data.pipeline import load_dataset
+from train.data.pipeline import make_datasets
+from train.data.tokenizer import BOS_ID
+from train.data.tokenizer import EOS_ID
+from train.data.tokenizer import PAD_ID
+from train.data.tokenizer import UNK_ID
+from train.data.tokenizer import Tokenizer
+from train.data.tokenizer import Tokenizers
+from train.data.tokenizer import train_sentencepiece
+
+__all__ = [
+    "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
+    "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberWords", "NumberWordsConfig",
+    "ParallelCorpus", "Tokenizer", "Tokenizers",
+    "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",
+    "load_dataset", "make_datasets", "number_to_words", "pack", "train_sentencepiece",
+]
