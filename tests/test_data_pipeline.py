@@ -113,16 +113,17 @@ def test_order_deterministic_from_seed_and_reshuffled_per_epoch(dirs):
   assert epochs[0] != epochs[1]
 
 
-@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("packing, threads, prefetch", [(False, 0, 0), (False, 1, 2),
+                                                        (True, 0, 0), (True, 1, 2)])
 @pytest.mark.parametrize("skip", [0, 1, 5, 11])
-def test_save_restore_gives_identical_batches(dirs, packing, skip):
-  ds = _make(dirs, num_epochs=0, packing=packing, read_threads=1)
-  it = iter(ds.train)
+def test_save_restore_gives_identical_batches(dirs, packing, threads, prefetch, skip):
+  kwargs = dict(num_epochs=0, packing=packing, read_threads=threads, prefetch_batches=prefetch)
+  it = iter(_make(dirs, **kwargs).train)
   for _ in range(skip):
     next(it)
   state = json.loads(json.dumps(it.get_state()))
   expected = [next(it) for _ in range(8)]
-  resumed = iter(_make(dirs, num_epochs=0, packing=packing, read_threads=1).train)
+  resumed = iter(_make(dirs, **kwargs).train)
   resumed.set_state(state)
   assert _same([next(resumed) for _ in range(8)], expected)
 

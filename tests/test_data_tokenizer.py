@@ -75,6 +75,10 @@ def test_reused_and_never_overwritten(tmp_path):
 
 def test_separate_vocabularies(tmp_path):
   toks = _load(tmp_path, shared=False)
+  loaded = tk.load_tokenizers(str(tmp_path), shared=False)
+  assert loaded.fingerprint() == toks.fingerprint()
+  with pytest.raises(ValueError, match="missing vocabulary"):
+    tk.load_tokenizers(str(tmp_path), shared=True)
   assert not toks.shared
   assert toks.source.fingerprint != toks.target.fingerprint
   source_pieces = "".join(toks.source.id_to_piece(i) for i in range(toks.source.vocab_size))

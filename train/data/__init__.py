@@ -21,8 +21,9 @@ Use from the trainer::
     batch = next(train_iter)                            # dict of numpy int32 arrays
     state = train_iter.get_state()                      # JSON-serialisable dict: save it ...
     train_iter.set_state(state)                         # ... and restore it on resume
-    ds.tokenizers.check(stored_fingerprint)             # on restore: same vocabulary?
-    stored_fingerprint = ds.tokenizers.fingerprint()    # save with the checkpoint
+    stored_fingerprint = ds.tokenizers.fingerprint()    # save with the checkpoint ...
+    ds.tokenizers.check(stored_fingerprint)             # ... and check it on restore
+    toks = data.load_tokenizers(f"{workdir}/vocab", shared=True)  # translate-only runs
     for batch in ds.eval["test"].batches:               # decode, then compare with
       refs = [ds.eval["test"].pairs[i][1] for i in batch["example_index"] if i >= 0]
       hyps = ds.tokenizers.target.decode_batch(tokens)  # tokens [B, T'] from the decoder
@@ -54,6 +55,7 @@ from train.data.tokenizer import BOS_ID
 from train.data.tokenizer import EOS_ID
 from train.data.tokenizer import PAD_ID
 from train.data.tokenizer import UNK_ID
+from train.data.tokenizer import load_tokenizers
 from train.data.tokenizer import Tokenizer
 from train.data.tokenizer import Tokenizers
 from train.data.tokenizer import train_sentencepiece
@@ -63,5 +65,5 @@ __all__ = [
     "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberWords", "NumberWordsConfig",
     "ParallelCorpus", "Tokenizer", "Tokenizers",
     "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",
-    "load_dataset", "make_datasets", "number_to_words", "pack", "train_sentencepiece",
+    "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "pack", "train_sentencepiece",
 ]

@@ -57,4 +57,5 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_chunk_size = 256  # pairs read and tokenized together (one batched array_record read)
   c.read_threads = 1  # grain threads reading and tokenizing chunks (0: in the main thread)
   c.prefetch_chunks = 8  # chunks read ahead
+  c.prefetch_batches = 2  # batches a background thread prepares ahead (0: none)
   return c

@@ -148,8 +148,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                 "bucket_pool_size", "eval_batch_size", "read_chunk_size", "vocab_max_sentences"):
     if config[field] < 1:
       raise ValueError(f"{field}: got {config[field]}, expected >= 1")
-  if config.read_threads < 0:
-    raise ValueError(f"read_threads: got {config.read_threads}, expected >= 0")
+  for field in ("read_threads", "prefetch_chunks", "prefetch_batches"):
+    if config[field] < 0:
+      raise ValueError(f"{field}: got {config[field]}, expected >= 0")
   if config.batch_size <= 0 and config.tokens_per_batch <= 0:
     raise ValueError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
 
@@ -213,6 +214,10 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     train = batching.BucketBatchIterDataset(it, lengths=lengths, rows=rows,
                                             pool_size=config.bucket_pool_size, seed=config.seed)
     shapes = tuple(zip(rows, lengths))
+  if config.prefetch_batches:
+    # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
+    train = grain.experimental.ThreadPrefetchIterDataset(
+        train, prefetch_buffer_size=config.prefetch_batches)
 
   eval_encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                         "truncate")

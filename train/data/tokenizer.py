@@ -29,7 +29,7 @@ import numpy as np
 import sentencepiece as spm
 
 __all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers",
-           "train_sentencepiece", "load_or_train_tokenizers", "MODEL_TYPES"]
+           "train_sentencepiece", "load_or_train_tokenizers", "load_tokenizers", "MODEL_TYPES"]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
@@ -206,3 +206,18 @@ def load_or_train_tokenizers(vocab_dir: str, *, shared: bool, vocab_size: int, m
     return Tokenizers(tok, tok)
   return Tokenizers(_load_or_train(vocab_dir, "source", settings, source_texts),
                     _load_or_train(vocab_dir, "target", settings, target_texts))
+
+
+def load_tokenizers(vocab_dir: str, *, shared: bool) -> Tokenizers:
+  """The vocabularies a training run saved in `vocab_dir` (e.g. for translating later).
+
+  Raises:
+    ValueError: if a `.model` file is missing.
+  """
+  roles = ("shared",) if shared else ("source", "target")
+  paths = [os.path.join(vocab_dir, f"{role}.model") for role in roles]
+  for path in paths:
+    if not os.path.exists(path):
+      raise ValueError(f"vocab_dir: missing vocabulary file {path}; train in this workdir first")
+  tokenizers = [Tokenizer.load(path) for path in paths]
+  return Tokenizers(tokenizers[0], tokenizers[-1])
