@@ -1,0 +1,174 @@
+"""Multi-head attention as a pure function of an explicit parameter pytree.
+
+MultiHead(Q, K, V) = Concat(head_1, ..., head_N) W^O,
+head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)      (Vaswani et al. 2017, sec. 3.2.2)
+
+with K <= N key/value heads (multi-query: Shazeer 2019; grouped-query:
+Ainslie et al. 2023). The parameter layout is that of
+`flax.linen.MultiHeadDotProductAttention` (kernels `[D, N, H]` in,
+`[N, H, D]` out), so weights move between the two unchanged.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxattn import _checks
+from jaxattn.attention import dot_product_attention
+
+__all__ = [
+    "init_multi_head_params",
+    "project_heads",
+    "project_out",
+    "multi_head_attention",
+]
+
+
+def init_multi_head_params(rng, features: int, num_heads: int, *, head_dim=None,
+                           num_kv_heads=None, kv_features=None, out_features=None,
+                           use_bias: bool = True, dtype=jnp.float32):
+    """Initialises multi-head attention parameters (flax.linen layout).
+
+    Kernels are LeCun-normal in their fan-in (as Flax), biases zero.
+
+    Args:
+      rng: PRNG key.
+      features: D, the query input width.
+      num_heads: N query heads.
+      head_dim: H (default D // N, D must then be divisible by N).
+      num_kv_heads: K key/value heads (default N); must divide N.
+      kv_features: width of the key/value inputs (default D).
+      out_features: output width (default D).
+      use_bias: whether projections have biases.
+      dtype: parameter dtype.
+
+    Returns:
+      {"query": {"kernel": [D, N, H], "bias": [N, H]},
+       "key": {"kernel": [Dkv, K, H], "bias": [K, H]}, "value": (same as key),
+       "out": {"kernel": [N, H, Dout], "bias": [Dout]}} (no biases if not
+      `use_bias`).
+    """
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    kv_features = features if kv_features is None else kv_features
+    out_features = features if out_features is None else out_features
+    for name, value in (("features", features), ("num_heads", num_heads),
+                        ("num_kv_heads", num_kv_heads), ("kv_features", kv_features),
+                        ("out_features", out_features)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if head_dim is None:
+        if features % num_heads:
+            raise ValueError(
+                f"num_heads: expected a divisor of features={features} when "
+                f"head_dim is None, got {num_heads}")
+        head_dim = features // num_heads
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_kv_heads: expected a divisor of num_heads={num_heads}, got {num_kv_heads}")
+    n, k, h = num_heads, num_kv_heads, head_dim
+    rq, rk, rv, ro = jax.random.split(rng, 4)
+
+    def dense(r, fan_in, kernel_shape, bias_shape):
+        flat = jax.nn.initializers.lecun_normal()(
+            r, (fan_in, _prod(kernel_shape) // fan_in), dtype)
+        p = {"kernel": flat.reshape(kernel_shape)}
+        if use_bias:
+            p["bias"] = jnp.zeros(bias_shape, dtype)
+        return p
+
+    return {
+        "query": dense(rq, features, (features, n, h), (n, h)),
+        "key": dense(rk, kv_features, (kv_features, k, h), (k, h)),
+        "value": dense(rv, kv_features, (kv_features, k, h), (k, h)),
+        "out": dense(ro, n * h, (n, h, out_features), (out_features,)),
+    }
+
+
+def _prod(shape):
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def project_heads(proj_params, x):
+    """Projects and splits into heads: x W + b.
+
+    Args:
+      proj_params: {"kernel": [D, N, H], "bias": [N, H] (optional)}.
+      x: [B, T, D] inputs.
+
+    Returns:
+      [B, T, N, H].
+    """
+    kernel = proj_params["kernel"]
+    d, n, h = _checks.check_rank(kernel, "kernel", "DNH")
+    b, t, _ = _checks.check_shape(x, "x", (None, None, d), "BTD")
+    y = jnp.einsum("BTD,DNH->BTNH", x, kernel)  # [B, T, N, H]
+    if "bias" in proj_params:
+        _checks.check_shape(proj_params["bias"], "bias", (n, h), "NH")
+        y = y + proj_params["bias"][None, None]  # [B, T, N, H]
+    return y
+
+
+def project_out(out_params, x):
+    """Concatenates heads and projects back to the model width: Concat(heads) W^O + b.
+
+    Args:
+      out_params: {"kernel": [N, H, D], "bias": [D] (optional)}.
+      x: [B, T, N, H] per-head outputs.
+
+    Returns:
+      [B, T, D].
+    """
+    kernel = out_params["kernel"]
+    n, h, d = _checks.check_rank(kernel, "kernel", "NHD")
+    _checks.check_shape(x, "x", (None, None, n, h), "BTNH")
+    y = jnp.einsum("BTNH,NHD->BTD", x, kernel)  # [B, T, D]
+    if "bias" in out_params:
+        _checks.check_shape(out_params["bias"], "bias", (d,), "D")
+        y = y + out_params["bias"][None, None]  # [B, T, D]
+    return y
+
+
+def multi_head_attention(params, inputs_q, inputs_kv=None, mask=None, bias=None, *,
+                         return_weights=False, implementation=None,
+                         dropout_rate=0.0, dropout_rng=None):
+    """Multi-head (grouped-query when K < N) attention, Vaswani sec. 3.2.2.
+
+    Args:
+      params: from `init_multi_head_params` (or a Flax
+        `MultiHeadDotProductAttention`'s "params").
+      inputs_q: [B, T, D] query inputs.
+      inputs_kv: [B, S, Dkv] key/value inputs, or None for self-attention.
+      mask: bool broadcastable to [B, N, T, S], True = may attend.
+      bias: float broadcastable to [B, N, T, S] added to the energies.
+      return_weights: also return the [B, N, T, S] weights.
+      implementation: see `dot_product_attention`.
+      dropout_rate: attention-weight dropout rate.
+      dropout_rng: PRNG key, required when dropout_rate > 0.
+
+    Returns:
+      [B, T, Dout], or ([B, T, Dout], weights [B, N, T, S]) if `return_weights`.
+    """
+    for name in ("query", "key", "value", "out"):
+        if name not in params:
+            raise ValueError(
+                f"params: expected keys ['query', 'key', 'value', 'out'], got "
+                f"{sorted(params)}")
+    b, _, _ = _checks.check_rank(inputs_q, "inputs_q", "BTD")
+    if inputs_kv is None:
+        inputs_kv = inputs_q
+    else:
+        _checks.check_shape(inputs_kv, "inputs_kv", (b, None, None), ["B", "S", "Dkv"])
+    q = project_heads(params["query"], inputs_q)  # [B, T, N, H]
+    k = project_heads(params["key"], inputs_kv)  # [B, S, K, H]
+    v = project_heads(params["value"], inputs_kv)  # [B, S, K, H]
+    result = dot_product_attention(
+        q, k, v, mask, bias, return_weights=return_weights,
+        implementation=implementation, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng)
+    if return_weights:
+        out, weights = result
+        return project_out(params["out"], out), weights  # [B, T, D]
+    return project_out(params["out"], result)  # [B, T, D]
