@@ -40,7 +40,7 @@ checkpoint (or with grain's `PyGrainCheckpointHandler`). Each process reads only
 from train.data.batching import BucketBatchIterDataset
 from train.data.batching import default_bucket_lengths
 from train.data.batching import eval_batches
-from train.data.batching import pack
+from train.data.batching import PackBatchIterDataset
 from train.data.config import default_data_config
 from train.data.corpus import ParallelCorpus
 from train.data.corpus import corpus_builder
@@ -63,7 +63,7 @@ from train.data.tokenizer import train_sentencepiece
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
     "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberWords", "NumberWordsConfig",
-    "ParallelCorpus", "Tokenizer", "Tokenizers",
+    "PackBatchIterDataset", "ParallelCorpus", "Tokenizer", "Tokenizers",
     "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",
-    "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "pack", "train_sentencepiece",
+    "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "train_sentencepiece",
 ]

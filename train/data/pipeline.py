@@ -2,8 +2,9 @@
 
 Training stream (grain, all numpy, no TensorFlow):
 
-    array_record source -> this process's slice [index::count] -> encode + length policy
-      -> shuffle (reshuffled every epoch) -> repeat -> read threads -> bucket batches | pack
+    record indices [index::count] (this process) -> per-epoch permutation -> chunks of
+    `read_chunk_size` -> batched array_record read + tokenize + length policy (grain threads)
+    -> pools of `bucket_pool_size` pairs -> bucket batches | packed rows -> prefetch thread
 
 Eval sets are small and kept in memory: the raw (source, target) text pairs for BLEU and exact
 match, and their tokenized, length-sorted batches.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 import grain
@@ -121,6 +123,34 @@ class _Encode:
     return {"inputs": inputs, "targets": targets}
 
 
+class _ShuffledChunk:
+  """Chunk k -> record indices: epoch k // chunks_per_epoch, shuffled by (seed, epoch).
+
+  One vectorised permutation per epoch instead of per-index shuffle lookups; the chunks of an
+  epoch partition this process's records exactly once.
+  """
+
+  def __init__(self, records: np.ndarray, chunk_size: int, seed: int):
+    self._records = records  # [n] record indices of this process
+    self._chunk = chunk_size
+    self._seed = seed
+    self.chunks_per_epoch = max(1, -(-len(records) // chunk_size))
+    self._cache: dict[int, np.ndarray] = {}  # the last two epochs (read threads may straddle)
+    self._lock = threading.Lock()
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._cache:
+        self._cache = {e: p for e, p in self._cache.items() if e == epoch - 1}
+        self._cache[epoch] = np.random.default_rng([self._seed, epoch]).permutation(
+            len(self._records))  # [n]
+      return self._cache[epoch]
+
+  def __call__(self, k: int, _) -> np.ndarray:
+    epoch, c = divmod(k, self.chunks_per_epoch)
+    return self._records[self._permutation(epoch)[c * self._chunk:(c + 1) * self._chunk]]
+
+
 class _ReadEncodeChunk:
   """[C] record indices -> list of encoded examples (too-long pairs dropped by the policy)."""
 
@@ -192,12 +222,15 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
   encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                    config.length_policy)
-  # Shuffle and slice record *indices*; records are read in chunks of consecutive shuffled
-  # indices, so one chunk is one batched random read. Each epoch is batched separately.
-  indices = grain.MapDataset.range(len(train_reader))[process_index::process_count]
-  num_train = len(indices)
-  chunks = (indices.shuffle(seed=config.seed).repeat(config.num_epochs or None)
-            .batch(config.read_chunk_size).map(_ReadEncodeChunk(train_reader, encode)))
+  # Records are read in chunks of consecutive shuffled indices: one batched random read each.
+  records = np.arange(len(train_reader))[process_index::process_count]  # this process's slice
+  num_train = len(records)
+  if not num_train:
+    raise ValueError(f"process_count: {process_count} processes for {len(train_reader)} "
+                     f"training pairs leave process {process_index} without data")
+  shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
+  chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
+            .map_with_index(shuffled).map(_ReadEncodeChunk(train_reader, encode)))
   it = chunks.to_iter_dataset(grain.ReadOptions(
       num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_chunks))
   if config.packing:
@@ -206,7 +239,8 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
       raise ValueError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
     rows = batching.rows_per_batch(pack_length, config.tokens_per_batch, config.batch_size,
                                    config.batch_size_multiple)
-    train = batching.pack(it, length=pack_length, rows=rows, seed=config.seed)
+    train = batching.PackBatchIterDataset(it, length=pack_length, rows=rows,
+                                          pool_size=config.bucket_pool_size, seed=config.seed)
     shapes = ((rows, pack_length),)
   else:
     rows = [batching.rows_per_batch(length, config.tokens_per_batch, config.batch_size,
