@@ -27,47 +27,47 @@ _WARMUP = flags.DEFINE_integer("warmup", 20, "untimed batches first")
 
 
 def _time(config, workdir: str) -> dict[str, float]:
-  start = time.perf_counter()
-  datasets = data.make_datasets(config, workdir, process_index=0, process_count=1)
-  setup = time.perf_counter() - start
-  it = iter(datasets.train)
-  for _ in range(_WARMUP.value):
-    next(it)
-  pairs = tokens = slots = 0
-  start = time.perf_counter()
-  for _ in range(_BATCHES.value):
-    batch = next(it)
-    if "targets_segmentation" in batch:
-      pairs += sum(int(row.max()) for row in batch["targets_segmentation"])
-    else:
-      pairs += int((batch["targets"][:, 0] != data.PAD_ID).sum())
-    tokens += int((batch["inputs"] != 0).sum() + (batch["targets"] != 0).sum())
-    slots += batch["inputs"].size + batch["targets"].size
-  elapsed = time.perf_counter() - start
-  return {"setup_s": setup, "pairs_per_s": pairs / elapsed, "tokens_per_s": tokens / elapsed,
-          "batches_per_s": _BATCHES.value / elapsed, "fill": tokens / slots}
+    start = time.perf_counter()
+    datasets = data.make_datasets(config, workdir, process_index=0, process_count=1)
+    setup = time.perf_counter() - start
+    it = iter(datasets.train)
+    for _ in range(_WARMUP.value):
+        next(it)
+    pairs = tokens = slots = 0
+    start = time.perf_counter()
+    for _ in range(_BATCHES.value):
+        batch = next(it)
+        if "targets_segmentation" in batch:
+            pairs += sum(int(row.max()) for row in batch["targets_segmentation"])
+        else:
+            pairs += int((batch["targets"][:, 0] != data.PAD_ID).sum())
+        tokens += int((batch["inputs"] != 0).sum() + (batch["targets"] != 0).sum())
+        slots += batch["inputs"].size + batch["targets"].size
+    elapsed = time.perf_counter() - start
+    return {"setup_s": setup, "pairs_per_s": pairs / elapsed, "tokens_per_s": tokens / elapsed,
+            "batches_per_s": _BATCHES.value / elapsed, "fill": tokens / slots}
 
 
 def main(argv):
-  del argv
-  print(f"dataset={_DATASET.value} batches={_BATCHES.value} cpu_count={os.cpu_count()}")
-  print("| setting | setup s | pairs/s | tokens/s | batches/s | non-pad fill |")
-  print("|---|---|---|---|---|---|")
-  settings = {
-      "buckets, read_threads=0, prefetch_batches=0": dict(read_threads=0, prefetch_batches=0),
-      "buckets, read_threads=1, prefetch_batches=2": dict(read_threads=1, prefetch_batches=2),
-      "packed, read_threads=1, prefetch_batches=2": dict(read_threads=1, prefetch_batches=2,
-                                                         packing=True),
-  }
-  for name, overrides in settings.items():
-    config = data.default_data_config()
-    config.dataset = _DATASET.value
-    config.data_dir = _DATA_DIR.value
-    config.update(overrides)
-    r = _time(config, _WORKDIR.value)
-    print(f"| {name} | {r['setup_s']:.1f} | {r['pairs_per_s']:,.0f} | {r['tokens_per_s']:,.0f} "
-          f"| {r['batches_per_s']:.1f} | {r['fill']:.2f} |")
+    del argv
+    print(f"dataset={_DATASET.value} batches={_BATCHES.value} cpu_count={os.cpu_count()}")
+    print("| setting | setup s | pairs/s | tokens/s | batches/s | non-pad fill |")
+    print("|---|---|---|---|---|---|")
+    settings = {
+        "buckets, read_threads=0, prefetch_batches=0": dict(read_threads=0, prefetch_batches=0),
+        "buckets, read_threads=1, prefetch_batches=2": dict(read_threads=1, prefetch_batches=2),
+        "packed, read_threads=1, prefetch_batches=2": dict(read_threads=1, prefetch_batches=2,
+                                                           packing=True),
+    }
+    for name, overrides in settings.items():
+        config = data.default_data_config()
+        config.dataset = _DATASET.value
+        config.data_dir = _DATA_DIR.value
+        config.update(overrides)
+        r = _time(config, _WORKDIR.value)
+        print(f"| {name} | {r['setup_s']:.1f} | {r['pairs_per_s']:,.0f} | {r['tokens_per_s']:,.0f} "
+              f"| {r['batches_per_s']:.1f} | {r['fill']:.2f} |")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

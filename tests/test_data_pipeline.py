@@ -10,186 +10,186 @@ from train.data import catalog
 
 
 def _config(data_dir, **overrides):
-  c = data.default_data_config()
-  c.dataset = "number_words/tiny"
-  c.data_dir = str(data_dir)
-  c.vocab_size = 64
-  c.max_source_length = 24
-  c.max_target_length = 24
-  c.tokens_per_batch = 192
-  c.bucket_lengths = (8, 12, 16, 24)
-  c.read_chunk_size = 32
-  c.bucket_pool_size = 64
-  c.eval_batch_size = 16
-  c.num_epochs = 1
-  c.read_threads = 0
-  c.update(overrides)
-  return c
+    c = data.default_data_config()
+    c.dataset = "number_words/tiny"
+    c.data_dir = str(data_dir)
+    c.vocab_size = 64
+    c.max_source_length = 24
+    c.max_target_length = 24
+    c.tokens_per_batch = 192
+    c.bucket_lengths = (8, 12, 16, 24)
+    c.read_chunk_size = 32
+    c.bucket_pool_size = 64
+    c.eval_batch_size = 16
+    c.num_epochs = 1
+    c.read_threads = 0
+    c.update(overrides)
+    return c
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds"), tmp_path_factory.mktemp("work")
+    return tmp_path_factory.mktemp("tfds"), tmp_path_factory.mktemp("work")
 
 
 @pytest.fixture(scope="module")
 def train_pairs(dirs):
-  builder = data.NumberWords(config="tiny", data_dir=str(dirs[0]))
-  builder.download_and_prepare(file_format="array_record")
-  source = builder.as_data_source(split="train")
-  return collections.Counter(catalog.record_pair(source[i], "en", "de")
-                             for i in range(len(source)))
+    builder = data.NumberWords(config="tiny", data_dir=str(dirs[0]))
+    builder.download_and_prepare(file_format="array_record")
+    source = builder.as_data_source(split="train")
+    return collections.Counter(catalog.record_pair(source[i], "en", "de")
+                               for i in range(len(source)))
 
 
 def _make(dirs, **overrides):
-  return data.make_datasets(_config(dirs[0], **overrides), str(dirs[1]), process_index=0,
-                            process_count=1)
+    return data.make_datasets(_config(dirs[0], **overrides), str(dirs[1]), process_index=0,
+                              process_count=1)
 
 
 def _row_pairs(tokenizers, batch):
-  pairs = []
-  for inputs, targets in zip(batch["inputs"], batch["targets"]):
-    if targets[0] != data.PAD_ID:
-      pairs.append((tokenizers.source.decode(inputs), tokenizers.target.decode(targets)))
-  return pairs
+    pairs = []
+    for inputs, targets in zip(batch["inputs"], batch["targets"]):
+        if targets[0] != data.PAD_ID:
+            pairs.append((tokenizers.source.decode(inputs), tokenizers.target.decode(targets)))
+    return pairs
 
 
 def test_bucketed_batches_format_and_budget(dirs, train_pairs):
-  ds = _make(dirs)
-  assert ds.num_train_examples == 300
-  assert all(rows * length <= 192 for rows, length in ds.batch_shapes)
-  seen = collections.Counter()
-  for batch in ds.train:
-    assert set(batch) == {"inputs", "targets"}
-    assert batch["inputs"].shape == batch["targets"].shape
-    assert batch["inputs"].shape in ds.batch_shapes
-    for key in ("inputs", "targets"):
-      x = batch[key]
-      assert x.dtype == np.int32
-      lengths = (x != data.PAD_ID).sum(axis=1)
-      real = lengths > 0
-      assert (x[real, lengths[real] - 1] == data.EOS_ID).all()  # eos ends every row
-      assert ((np.arange(x.shape[1])[None, :] < lengths[:, None]) == (x != 0)).all()  # pad after
-    seen.update(_row_pairs(ds.tokenizers, batch))
-  assert seen == train_pairs  # one epoch = every training pair exactly once
+    ds = _make(dirs)
+    assert ds.num_train_examples == 300
+    assert all(rows * length <= 192 for rows, length in ds.batch_shapes)
+    seen = collections.Counter()
+    for batch in ds.train:
+        assert set(batch) == {"inputs", "targets"}
+        assert batch["inputs"].shape == batch["targets"].shape
+        assert batch["inputs"].shape in ds.batch_shapes
+        for key in ("inputs", "targets"):
+            x = batch[key]
+            assert x.dtype == np.int32
+            lengths = (x != data.PAD_ID).sum(axis=1)
+            real = lengths > 0
+            assert (x[real, lengths[real] - 1] == data.EOS_ID).all()  # eos ends every row
+            assert ((np.arange(x.shape[1])[None, :] < lengths[:, None]) == (x != 0)).all()  # pad after
+        seen.update(_row_pairs(ds.tokenizers, batch))
+    assert seen == train_pairs  # one epoch = every training pair exactly once
 
 
 @pytest.mark.parametrize("count", [2, 4])
 def test_process_slices_cover_data_exactly_once(dirs, train_pairs, count):
-  seen = collections.Counter()
-  sizes = []
-  for index in range(count):
-    ds = data.make_datasets(_config(dirs[0]), str(dirs[1]), process_index=index,
-                            process_count=count)
-    sizes.append(ds.num_train_examples)
-    part = collections.Counter()
-    for batch in ds.train:
-      part.update(_row_pairs(ds.tokenizers, batch))
-    assert sum(part.values()) == ds.num_train_examples
-    seen.update(part)
-  assert sum(sizes) == 300 and max(sizes) - min(sizes) <= 1
-  assert seen == train_pairs
+    seen = collections.Counter()
+    sizes = []
+    for index in range(count):
+        ds = data.make_datasets(_config(dirs[0]), str(dirs[1]), process_index=index,
+                                process_count=count)
+        sizes.append(ds.num_train_examples)
+        part = collections.Counter()
+        for batch in ds.train:
+            part.update(_row_pairs(ds.tokenizers, batch))
+        assert sum(part.values()) == ds.num_train_examples
+        seen.update(part)
+    assert sum(sizes) == 300 and max(sizes) - min(sizes) <= 1
+    assert seen == train_pairs
 
 
 def _stream(ds, n):
-  it = iter(ds.train)
-  return [next(it) for _ in range(n)]
+    it = iter(ds.train)
+    return [next(it) for _ in range(n)]
 
 
 def _same(a, b):
-  return len(a) == len(b) and all(
-      x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
 
 
 def test_order_deterministic_from_seed_and_reshuffled_per_epoch(dirs):
-  assert _same(_stream(_make(dirs, num_epochs=0), 12), _stream(_make(dirs, num_epochs=0), 12))
-  assert not _same(_stream(_make(dirs, num_epochs=0), 12),
-                   _stream(_make(dirs, num_epochs=0, seed=1), 12))
-  ds = _make(dirs, num_epochs=2, batch_size=10, bucket_lengths=(24,), bucket_pool_size=300,
-             read_chunk_size=300)
-  epochs = [[p for b in batches for p in _row_pairs(ds.tokenizers, b)]
-            for batches in (_stream(ds, 60)[:30], _stream(ds, 60)[30:])]
-  assert collections.Counter(epochs[0]) == collections.Counter(epochs[1])
-  assert epochs[0] != epochs[1]
+    assert _same(_stream(_make(dirs, num_epochs=0), 12), _stream(_make(dirs, num_epochs=0), 12))
+    assert not _same(_stream(_make(dirs, num_epochs=0), 12),
+                     _stream(_make(dirs, num_epochs=0, seed=1), 12))
+    ds = _make(dirs, num_epochs=2, batch_size=10, bucket_lengths=(24,), bucket_pool_size=300,
+               read_chunk_size=300)
+    epochs = [[p for b in batches for p in _row_pairs(ds.tokenizers, b)]
+              for batches in (_stream(ds, 60)[:30], _stream(ds, 60)[30:])]
+    assert collections.Counter(epochs[0]) == collections.Counter(epochs[1])
+    assert epochs[0] != epochs[1]
 
 
 @pytest.mark.parametrize("packing, threads, prefetch", [(False, 0, 0), (False, 1, 2),
                                                         (True, 0, 0), (True, 1, 2)])
 @pytest.mark.parametrize("skip", [0, 1, 5, 11])
 def test_save_restore_gives_identical_batches(dirs, packing, threads, prefetch, skip):
-  kwargs = dict(num_epochs=0, packing=packing, read_threads=threads, prefetch_batches=prefetch)
-  it = iter(_make(dirs, **kwargs).train)
-  for _ in range(skip):
-    next(it)
-  state = json.loads(json.dumps(it.get_state()))
-  expected = [next(it) for _ in range(8)]
-  resumed = iter(_make(dirs, **kwargs).train)
-  resumed.set_state(state)
-  assert _same([next(resumed) for _ in range(8)], expected)
+    kwargs = dict(num_epochs=0, packing=packing, read_threads=threads, prefetch_batches=prefetch)
+    it = iter(_make(dirs, **kwargs).train)
+    for _ in range(skip):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(8)]
+    resumed = iter(_make(dirs, **kwargs).train)
+    resumed.set_state(state)
+    assert _same([next(resumed) for _ in range(8)], expected)
 
 
 def test_packing_invariants(dirs, train_pairs):
-  ds = _make(dirs, packing=True, pack_length=24)
-  assert ds.batch_shapes == ((8, 24),)
-  seen = collections.Counter()
-  for batch in ds.train:
-    assert set(batch) == {"inputs", "targets", "inputs_segmentation", "targets_segmentation",
-                          "inputs_position", "targets_position"}
-    for key in batch:
-      assert batch[key].shape == (8, 24) and batch[key].dtype == np.int32
-    for r in range(8):
-      row_pairs = {}
-      for side in ("inputs", "targets"):
-        tokens, seg, pos = (batch[side][r], batch[f"{side}_segmentation"][r],
-                            batch[f"{side}_position"][r])
-        assert ((seg == 0) == (tokens == data.PAD_ID)).all()  # pad exactly where no segment
-        assert (pos[seg == 0] == 0).all()
-        ids = [s for s in np.unique(seg) if s]
-        assert ids == list(range(1, len(ids) + 1))
-        for s in ids:
-          where = np.flatnonzero(seg == s)
-          assert (np.diff(where) == 1).all()  # contiguous segment
-          assert (pos[where] == np.arange(len(where))).all()  # positions restart at 0
-          assert tokens[where[-1]] == data.EOS_ID and data.EOS_ID not in tokens[where[:-1]]
-          row_pairs.setdefault(s, []).append(tokens[where])
-      assert all(len(v) == 2 for v in row_pairs.values())  # each pair on both sides
-      seen.update((ds.tokenizers.source.decode(i), ds.tokenizers.target.decode(t))
-                  for i, t in row_pairs.values())
-  assert seen == train_pairs
+    ds = _make(dirs, packing=True, pack_length=24)
+    assert ds.batch_shapes == ((8, 24),)
+    seen = collections.Counter()
+    for batch in ds.train:
+        assert set(batch) == {"inputs", "targets", "inputs_segmentation", "targets_segmentation",
+                              "inputs_position", "targets_position"}
+        for key in batch:
+            assert batch[key].shape == (8, 24) and batch[key].dtype == np.int32
+        for r in range(8):
+            row_pairs = {}
+            for side in ("inputs", "targets"):
+                tokens, seg, pos = (batch[side][r], batch[f"{side}_segmentation"][r],
+                                    batch[f"{side}_position"][r])
+                assert ((seg == 0) == (tokens == data.PAD_ID)).all()  # pad exactly where no segment
+                assert (pos[seg == 0] == 0).all()
+                ids = [s for s in np.unique(seg) if s]
+                assert ids == list(range(1, len(ids) + 1))
+                for s in ids:
+                    where = np.flatnonzero(seg == s)
+                    assert (np.diff(where) == 1).all()  # contiguous segment
+                    assert (pos[where] == np.arange(len(where))).all()  # positions restart at 0
+                    assert tokens[where[-1]] == data.EOS_ID and data.EOS_ID not in tokens[where[:-1]]
+                    row_pairs.setdefault(s, []).append(tokens[where])
+            assert all(len(v) == 2 for v in row_pairs.values())  # each pair on both sides
+            seen.update((ds.tokenizers.source.decode(i), ds.tokenizers.target.decode(t))
+                        for i, t in row_pairs.values())
+    assert seen == train_pairs
 
 
 def test_eval_sets(dirs):
-  ds = _make(dirs)
-  builder = data.NumberWords(config="tiny", data_dir=str(dirs[0]))
-  source = builder.as_data_source(split="test")
-  evalset = ds.eval["test"]
-  assert evalset.pairs == [catalog.record_pair(source[i], "en", "de")
-                           for i in range(len(source))]
-  index = np.concatenate([b["example_index"] for b in evalset.batches])
-  assert sorted(index[index >= 0].tolist()) == list(range(50))
-  for batch in evalset.batches:
-    assert batch["inputs"].shape[0] == 16
-    for row, i in enumerate(batch["example_index"]):
-      if i < 0:
-        assert not batch["inputs"][row].any()
-        continue
-      assert ds.tokenizers.source.decode(batch["inputs"][row]) == evalset.pairs[i][0]
-      assert ds.tokenizers.target.decode(batch["targets"][row]) == evalset.pairs[i][1]
-  assert len(_make(dirs, eval_max_examples=10).eval["validation"].pairs) == 10
+    ds = _make(dirs)
+    builder = data.NumberWords(config="tiny", data_dir=str(dirs[0]))
+    source = builder.as_data_source(split="test")
+    evalset = ds.eval["test"]
+    assert evalset.pairs == [catalog.record_pair(source[i], "en", "de")
+                             for i in range(len(source))]
+    index = np.concatenate([b["example_index"] for b in evalset.batches])
+    assert sorted(index[index >= 0].tolist()) == list(range(50))
+    for batch in evalset.batches:
+        assert batch["inputs"].shape[0] == 16
+        for row, i in enumerate(batch["example_index"]):
+            if i < 0:
+                assert not batch["inputs"][row].any()
+                continue
+            assert ds.tokenizers.source.decode(batch["inputs"][row]) == evalset.pairs[i][0]
+            assert ds.tokenizers.target.decode(batch["targets"][row]) == evalset.pairs[i][1]
+    assert len(_make(dirs, eval_max_examples=10).eval["validation"].pairs) == 10
 
 
 @pytest.mark.parametrize("policy", ["filter", "truncate"])
 def test_length_policy(dirs, policy):
-  ds = _make(dirs, max_source_length=6, max_target_length=6, bucket_lengths=(6,),
-             length_policy=policy)
-  rows = 0
-  for batch in ds.train:
-    lengths = (batch["inputs"] != 0).sum(axis=1)
-    assert lengths.max() <= 6
-    real = lengths > 0
-    assert (batch["inputs"][real, lengths[real] - 1] == data.EOS_ID).all()
-    rows += int(real.sum())
-  assert rows < 300 if policy == "filter" else rows == 300
+    ds = _make(dirs, max_source_length=6, max_target_length=6, bucket_lengths=(6,),
+               length_policy=policy)
+    rows = 0
+    for batch in ds.train:
+        lengths = (batch["inputs"] != 0).sum(axis=1)
+        assert lengths.max() <= 6
+        real = lengths > 0
+        assert (batch["inputs"][real, lengths[real] - 1] == data.EOS_ID).all()
+        rows += int(real.sum())
+    assert rows < 300 if policy == "filter" else rows == 300
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -201,6 +201,6 @@ def test_length_policy(dirs, policy):
     ({"tokens_per_batch": 4, "batch_size": 0}, "tokens_per_batch"),
 ])
 def test_bad_config_one_line_errors(dirs, overrides, match):
-  with pytest.raises(ValueError, match=match) as err:
-    _make(dirs, **overrides)
-  assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=match) as err:
+        _make(dirs, **overrides)
+    assert "\n" not in str(err.value)

@@ -14,88 +14,88 @@ _DE = [nw.number_to_words(n, "de") for n in range(0, 2000, 3)]
 
 @pytest.fixture(scope="module")
 def tok():
-  return tk.train_sentencepiece(_EN + _DE, vocab_size=96)
+    return tk.train_sentencepiece(_EN + _DE, vocab_size=96)
 
 
 def test_special_ids_fixed(tok):
-  assert (data.PAD_ID, data.UNK_ID, data.BOS_ID, data.EOS_ID) == (0, 1, 2, 3)
-  assert [tok.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
-  assert tok.vocab_size == 96
+    assert (data.PAD_ID, data.UNK_ID, data.BOS_ID, data.EOS_ID) == (0, 1, 2, 3)
+    assert [tok.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
+    assert tok.vocab_size == 96
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
 def test_round_trip(model_type):
-  tok = tk.train_sentencepiece(_EN + _DE, vocab_size=80, model_type=model_type)
-  for text in ["seven hundred and twelve", "siebenhundertzwölf", "neunzehn", _DE[-1]]:
-    ids = tok.encode(text)
-    assert ids.dtype == np.int32 and ids[-1] == data.EOS_ID
-    assert data.BOS_ID not in ids.tolist() and data.PAD_ID not in ids.tolist()
-    assert tok.decode(ids) == text
-    assert tok.decode(np.concatenate([ids, [0, 0]])) == text  # padding ignored
-  padded = np.zeros((2, 12), np.int32)
-  a, b = tok.encode("one"), tok.encode("zwei")
-  padded[0, :len(a)], padded[1, :len(b)] = a, b
-  assert tok.decode_batch(padded) == ["one", "zwei"]
+    tok = tk.train_sentencepiece(_EN + _DE, vocab_size=80, model_type=model_type)
+    for text in ["seven hundred and twelve", "siebenhundertzwölf", "neunzehn", _DE[-1]]:
+        ids = tok.encode(text)
+        assert ids.dtype == np.int32 and ids[-1] == data.EOS_ID
+        assert data.BOS_ID not in ids.tolist() and data.PAD_ID not in ids.tolist()
+        assert tok.decode(ids) == text
+        assert tok.decode(np.concatenate([ids, [0, 0]])) == text  # padding ignored
+    padded = np.zeros((2, 12), np.int32)
+    a, b = tok.encode("one"), tok.encode("zwei")
+    padded[0, :len(a)], padded[1, :len(b)] = a, b
+    assert tok.decode_batch(padded) == ["one", "zwei"]
 
 
 def test_decode_stops_at_eos(tok):
-  ids = np.concatenate([tok.encode("one"), tok.encode("two")])
-  assert tok.decode(ids) == "one"
+    ids = np.concatenate([tok.encode("one"), tok.encode("two")])
+    assert tok.decode(ids) == "one"
 
 
 def test_soft_vocab_limit_on_tiny_corpus():
-  tok = tk.train_sentencepiece(["a b", "b a"], vocab_size=1000)
-  assert tok.vocab_size < 1000
-  assert tok.decode(tok.encode("a b")) == "a b"
+    tok = tk.train_sentencepiece(["a b", "b a"], vocab_size=1000)
+    assert tok.vocab_size < 1000
+    assert tok.decode(tok.encode("a b")) == "a b"
 
 
 def _load(vocab_dir, **overrides):
-  kwargs = dict(shared=True, vocab_size=64, model_type="unigram", character_coverage=1.0,
-                dataset_id="number_words/tiny:en->de", source_texts=lambda: _EN,
-                target_texts=lambda: _DE)
-  kwargs.update(overrides)
-  return tk.load_or_train_tokenizers(str(vocab_dir), **kwargs)
+    kwargs = dict(shared=True, vocab_size=64, model_type="unigram", character_coverage=1.0,
+                  dataset_id="number_words/tiny:en->de", source_texts=lambda: _EN,
+                  target_texts=lambda: _DE)
+    kwargs.update(overrides)
+    return tk.load_or_train_tokenizers(str(vocab_dir), **kwargs)
 
 
 def test_reused_and_never_overwritten(tmp_path):
-  first = _load(tmp_path)
-  assert first.shared and os.path.exists(tmp_path / "shared.model")
-  before = (tmp_path / "shared.model").read_bytes()
+    first = _load(tmp_path)
+    assert first.shared and os.path.exists(tmp_path / "shared.model")
+    before = (tmp_path / "shared.model").read_bytes()
 
-  def no_training():
-    raise AssertionError("retrained")
-  again = _load(tmp_path, source_texts=no_training, target_texts=no_training)
-  assert again.fingerprint() == first.fingerprint()
-  with pytest.raises(ValueError, match="never overwritten"):
-    _load(tmp_path, vocab_size=128)
-  with pytest.raises(ValueError, match="never overwritten"):
-    _load(tmp_path, dataset_id="number_words/tiny:en->fr")
-  assert (tmp_path / "shared.model").read_bytes() == before
+    def no_training():
+        raise AssertionError("retrained")
+    again = _load(tmp_path, source_texts=no_training, target_texts=no_training)
+    assert again.fingerprint() == first.fingerprint()
+    with pytest.raises(ValueError, match="never overwritten"):
+        _load(tmp_path, vocab_size=128)
+    with pytest.raises(ValueError, match="never overwritten"):
+        _load(tmp_path, dataset_id="number_words/tiny:en->fr")
+    assert (tmp_path / "shared.model").read_bytes() == before
 
 
 def test_separate_vocabularies(tmp_path):
-  toks = _load(tmp_path, shared=False)
-  loaded = tk.load_tokenizers(str(tmp_path), shared=False)
-  assert loaded.fingerprint() == toks.fingerprint()
-  with pytest.raises(ValueError, match="missing vocabulary"):
-    tk.load_tokenizers(str(tmp_path), shared=True)
-  assert not toks.shared
-  assert toks.source.fingerprint != toks.target.fingerprint
-  source_pieces = "".join(toks.source.id_to_piece(i) for i in range(toks.source.vocab_size))
-  target_pieces = "".join(toks.target.id_to_piece(i) for i in range(toks.target.vocab_size))
-  assert "ü" not in source_pieces and "ü" in target_pieces  # English vs German vocabulary
+    toks = _load(tmp_path, shared=False)
+    loaded = tk.load_tokenizers(str(tmp_path), shared=False)
+    assert loaded.fingerprint() == toks.fingerprint()
+    with pytest.raises(ValueError, match="missing vocabulary"):
+        tk.load_tokenizers(str(tmp_path), shared=True)
+    assert not toks.shared
+    assert toks.source.fingerprint != toks.target.fingerprint
+    source_pieces = "".join(toks.source.id_to_piece(i) for i in range(toks.source.vocab_size))
+    target_pieces = "".join(toks.target.id_to_piece(i) for i in range(toks.target.vocab_size))
+    assert "ü" not in source_pieces and "ü" in target_pieces  # English vs German vocabulary
 
 
 def test_fingerprint_check(tmp_path):
-  toks = _load(tmp_path / "a")
-  toks.check(toks.fingerprint())
-  other = _load(tmp_path / "b", vocab_size=48)
-  with pytest.raises(ValueError, match="tokenizer"):
-    toks.check(other.fingerprint())
+    toks = _load(tmp_path / "a")
+    toks.check(toks.fingerprint())
+    other = _load(tmp_path / "b", vocab_size=48)
+    with pytest.raises(ValueError, match="tokenizer"):
+        toks.check(other.fingerprint())
 
 
 def test_bad_arguments():
-  with pytest.raises(ValueError, match="model_type"):
-    tk.train_sentencepiece(_EN, vocab_size=64, model_type="wordpiece")
-  with pytest.raises(ValueError, match="texts"):
-    tk.train_sentencepiece(["", ""], vocab_size=64)
+    with pytest.raises(ValueError, match="model_type"):
+        tk.train_sentencepiece(_EN, vocab_size=64, model_type="wordpiece")
+    with pytest.raises(ValueError, match="texts"):
+        tk.train_sentencepiece(["", ""], vocab_size=64)

@@ -35,260 +35,260 @@ LENGTH_POLICIES = ("filter", "truncate")
 
 
 def default_bucket_lengths(max_length: int) -> tuple[int, ...]:
-  """8, 12, 16, 24, 32, 48, ... (ratio <= 1.5, so <= 1/3 padding per row), ending at max_length."""
-  lengths, base = [], 8
-  while True:
-    for length in (base, base * 3 // 2):
-      if length < max_length:
-        lengths.append(length)
-    if base * 3 // 2 >= max_length:
-      break
-    base *= 2
-  return (*lengths, max_length)
+    """8, 12, 16, 24, 32, 48, ... (ratio <= 1.5, so <= 1/3 padding per row), ending at max_length."""
+    lengths, base = [], 8
+    while True:
+        for length in (base, base * 3 // 2):
+            if length < max_length:
+                lengths.append(length)
+        if base * 3 // 2 >= max_length:
+            break
+        base *= 2
+    return (*lengths, max_length)
 
 
 def rows_per_batch(length: int, tokens_per_batch: int, batch_size: int, multiple: int) -> int:
-  """Rows of a [rows, length] batch: `batch_size` if > 0, else the token budget's share."""
-  if batch_size > 0:
-    rows = batch_size
-  else:
-    rows = tokens_per_batch // length // multiple * multiple
-  if rows < multiple or rows % multiple:
-    raise ValueError(f"tokens_per_batch/batch_size: length {length} gives {rows} rows per batch, "
-                     f"expected a positive multiple of batch_size_multiple={multiple}")
-  return rows
+    """Rows of a [rows, length] batch: `batch_size` if > 0, else the token budget's share."""
+    if batch_size > 0:
+        rows = batch_size
+    else:
+        rows = tokens_per_batch // length // multiple * multiple
+    if rows < multiple or rows % multiple:
+        raise ValueError(f"tokens_per_batch/batch_size: length {length} gives {rows} rows per batch, "
+                         f"expected a positive multiple of batch_size_multiple={multiple}")
+    return rows
 
 
 def fit_length(ids: np.ndarray, max_length: int, policy: str) -> np.ndarray | None:
-  """[L] eos-terminated ids -> ids of length <= max_length, or None if filtered out."""
-  if len(ids) <= max_length:
-    return ids
-  if policy == "filter":
-    return None
-  if policy == "truncate":
-    return np.concatenate([ids[:max_length - 1], np.asarray([EOS_ID], ids.dtype)])  # [max_length]
-  raise ValueError(f"length_policy: got {policy!r}, expected one of {LENGTH_POLICIES}")
+    """[L] eos-terminated ids -> ids of length <= max_length, or None if filtered out."""
+    if len(ids) <= max_length:
+        return ids
+    if policy == "filter":
+        return None
+    if policy == "truncate":
+        return np.concatenate([ids[:max_length - 1], np.asarray([EOS_ID], ids.dtype)])  # [max_length]
+    raise ValueError(f"length_policy: got {policy!r}, expected one of {LENGTH_POLICIES}")
 
 
 def _pad_stack(rows: Sequence[np.ndarray], num_rows: int, length: int) -> np.ndarray:
-  out = np.full((num_rows, length), PAD_ID, np.int32)  # [rows, L]
-  for i, row in enumerate(rows):
-    out[i, :len(row)] = row
-  return out
+    out = np.full((num_rows, length), PAD_ID, np.int32)  # [rows, L]
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
 
 
 def _bucket_pool(examples: list[dict[str, np.ndarray]], lengths: Sequence[int],
                  rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-  """Pool -> [rows_L, L] batches per bucket; a bucket's last batch has zero rows at the end."""
-  buckets: list[list[dict[str, np.ndarray]]] = [[] for _ in lengths]
-  for example in examples:
-    longest = max(len(example["inputs"]), len(example["targets"]))
-    b = int(np.searchsorted(lengths, longest))
-    if b == len(lengths):
-      raise ValueError(f"example: length {longest} exceeds the largest bucket {lengths[-1]}; "
-                       "filter or truncate before bucketing")
-    buckets[b].append(example)
-  batches = []
-  for length, num_rows, members in zip(lengths, rows, buckets):
-    for start in range(0, len(members), num_rows):
-      chunk = members[start:start + num_rows]
-      batches.append({key: _pad_stack([e[key] for e in chunk], num_rows, length)  # [rows, L]
-                      for key in ("inputs", "targets")})
-  return batches
+    """Pool -> [rows_L, L] batches per bucket; a bucket's last batch has zero rows at the end."""
+    buckets: list[list[dict[str, np.ndarray]]] = [[] for _ in lengths]
+    for example in examples:
+        longest = max(len(example["inputs"]), len(example["targets"]))
+        b = int(np.searchsorted(lengths, longest))
+        if b == len(lengths):
+            raise ValueError(f"example: length {longest} exceeds the largest bucket {lengths[-1]}; "
+                             "filter or truncate before bucketing")
+        buckets[b].append(example)
+    batches = []
+    for length, num_rows, members in zip(lengths, rows, buckets):
+        for start in range(0, len(members), num_rows):
+            chunk = members[start:start + num_rows]
+            batches.append({key: _pad_stack([e[key] for e in chunk], num_rows, length)  # [rows, L]
+                            for key in ("inputs", "targets")})
+    return batches
 
 
 def _pack_pool(examples: list[dict[str, np.ndarray]], length: int, rows: int,
                rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
-  """Pool -> [rows, length] packed batches (first-fit decreasing; rows shuffled into batches)."""
-  n = len(examples)
-  if not n:
-    return []
-  size = np.asarray([[len(e["inputs"]), len(e["targets"])] for e in examples])  # [n, 2]
-  if size.max() > length:
-    raise ValueError(f"example: length {size.max()} exceeds the packed row length {length}; "
-                     "filter or truncate before packing")
-  order = np.lexsort((-size[:, 1], -size.max(axis=1)))  # longest first: tighter packing
-  free = np.full((n, 2), length, np.int64)  # [bins, 2] free slots per side; at most n bins
-  bin_of = np.empty(n, np.int64)
-  num_bins = 0
-  for i in order.tolist():
-    fits = np.flatnonzero((free[:num_bins] >= size[i]).all(axis=1))
-    b = int(fits[0]) if len(fits) else num_bins
-    num_bins = max(num_bins, b + 1)
-    free[b] -= size[i]
-    bin_of[i] = b
-  # Rows of the pool, then batches of `rows` rows (the last one completed with zero rows).
-  row_of_bin = rng.permutation(num_bins)
-  num_batches = -(-num_bins // rows)
-  out = {f"{side}{suffix}": np.zeros((num_batches * rows, length), np.int32)  # [R, L]
-         for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_position")}
-  used = np.zeros((num_bins, 2), np.int64)
-  segments = np.zeros(num_bins, np.int64)
-  for i in order.tolist():  # segment ids follow the order pairs were placed in the row
-    b = bin_of[i]
-    r = row_of_bin[b]
-    segments[b] += 1
-    for s, side in enumerate(("inputs", "targets")):
-      ids = examples[i][side]
-      start, stop = used[b, s], used[b, s] + len(ids)
-      out[side][r, start:stop] = ids
-      out[f"{side}_segmentation"][r, start:stop] = segments[b]
-      out[f"{side}_position"][r, start:stop] = np.arange(len(ids))
-      used[b, s] = stop
-  return [{key: value[k * rows:(k + 1) * rows] for key, value in out.items()}  # [rows, L]
-          for k in range(num_batches)]
+    """Pool -> [rows, length] packed batches (first-fit decreasing; rows shuffled into batches)."""
+    n = len(examples)
+    if not n:
+        return []
+    size = np.asarray([[len(e["inputs"]), len(e["targets"])] for e in examples])  # [n, 2]
+    if size.max() > length:
+        raise ValueError(f"example: length {size.max()} exceeds the packed row length {length}; "
+                         "filter or truncate before packing")
+    order = np.lexsort((-size[:, 1], -size.max(axis=1)))  # longest first: tighter packing
+    free = np.full((n, 2), length, np.int64)  # [bins, 2] free slots per side; at most n bins
+    bin_of = np.empty(n, np.int64)
+    num_bins = 0
+    for i in order.tolist():
+        fits = np.flatnonzero((free[:num_bins] >= size[i]).all(axis=1))
+        b = int(fits[0]) if len(fits) else num_bins
+        num_bins = max(num_bins, b + 1)
+        free[b] -= size[i]
+        bin_of[i] = b
+    # Rows of the pool, then batches of `rows` rows (the last one completed with zero rows).
+    row_of_bin = rng.permutation(num_bins)
+    num_batches = -(-num_bins // rows)
+    out = {f"{side}{suffix}": np.zeros((num_batches * rows, length), np.int32)  # [R, L]
+           for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_position")}
+    used = np.zeros((num_bins, 2), np.int64)
+    segments = np.zeros(num_bins, np.int64)
+    for i in order.tolist():  # segment ids follow the order pairs were placed in the row
+        b = bin_of[i]
+        r = row_of_bin[b]
+        segments[b] += 1
+        for s, side in enumerate(("inputs", "targets")):
+            ids = examples[i][side]
+            start, stop = used[b, s], used[b, s] + len(ids)
+            out[side][r, start:stop] = ids
+            out[f"{side}_segmentation"][r, start:stop] = segments[b]
+            out[f"{side}_position"][r, start:stop] = np.arange(len(ids))
+            used[b, s] = stop
+    return [{key: value[k * rows:(k + 1) * rows] for key, value in out.items()}  # [rows, L]
+            for k in range(num_batches)]
 
 
 class _PoolBatchIterator(grain.DatasetIterator):
-  """Reads a pool of whole chunks, turns it into batches, emits them in a seeded order.
+    """Reads a pool of whole chunks, turns it into batches, emits them in a seeded order.
 
-  State: the parent's state at the pool start, the pool index and the batches emitted from the
-  pool; `set_state` re-reads the pool and drops what was emitted.
-  """
+    State: the parent's state at the pool start, the pool index and the batches emitted from the
+    pool; `set_state` re-reads the pool and drops what was emitted.
+    """
 
-  def __init__(self, parent: grain.DatasetIterator, ds: _PoolBatchIterDataset):
-    super().__init__(parent)
-    self._ds = ds
-    self._pool_start_state = copy.deepcopy(parent.get_state())
-    self._pool_index = 0
-    self._emitted = 0
-    self._pending: list[dict[str, np.ndarray]] = []
+    def __init__(self, parent: grain.DatasetIterator, ds: _PoolBatchIterDataset):
+        super().__init__(parent)
+        self._ds = ds
+        self._pool_start_state = copy.deepcopy(parent.get_state())
+        self._pool_index = 0
+        self._emitted = 0
+        self._pending: list[dict[str, np.ndarray]] = []
 
-  def _fill(self) -> None:
-    examples: list[dict[str, np.ndarray]] = []
-    while len(examples) < self._ds.pool_size:
-      try:
-        examples.extend(next(self._parent))
-      except StopIteration:
-        break
-    rng = np.random.default_rng([self._ds.seed, self._pool_index])
-    batches = self._ds.make_batches(examples, rng)
-    order = rng.permutation(len(batches))
-    self._pending = [batches[i] for i in order[::-1]]  # popped from the end
+    def _fill(self) -> None:
+        examples: list[dict[str, np.ndarray]] = []
+        while len(examples) < self._ds.pool_size:
+            try:
+                examples.extend(next(self._parent))
+            except StopIteration:
+                break
+        rng = np.random.default_rng([self._ds.seed, self._pool_index])
+        batches = self._ds.make_batches(examples, rng)
+        order = rng.permutation(len(batches))
+        self._pending = [batches[i] for i in order[::-1]]  # popped from the end
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    if not self._pending:
-      self._pool_start_state = copy.deepcopy(self._parent.get_state())
-      self._pool_index += 1 if self._emitted else 0
-      self._emitted = 0
-      self._fill()
-      if not self._pending:
-        raise StopIteration
-    self._emitted += 1
-    return self._pending.pop()
+    def __next__(self) -> dict[str, np.ndarray]:
+        if not self._pending:
+            self._pool_start_state = copy.deepcopy(self._parent.get_state())
+            self._pool_index += 1 if self._emitted else 0
+            self._emitted = 0
+            self._fill()
+            if not self._pending:
+                raise StopIteration
+        self._emitted += 1
+        return self._pending.pop()
 
-  def get_state(self) -> dict:
-    return {"parent": copy.deepcopy(self._pool_start_state), "pool_index": self._pool_index,
-            "emitted": self._emitted}
+    def get_state(self) -> dict:
+        return {"parent": copy.deepcopy(self._pool_start_state), "pool_index": self._pool_index,
+                "emitted": self._emitted}
 
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(copy.deepcopy(state["parent"]))
-    self._pool_start_state = copy.deepcopy(state["parent"])
-    self._pool_index = state["pool_index"]
-    self._emitted = state["emitted"]
-    self._pending = []
-    if self._emitted:
-      self._fill()
-      del self._pending[len(self._pending) - self._emitted:]
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(copy.deepcopy(state["parent"]))
+        self._pool_start_state = copy.deepcopy(state["parent"])
+        self._pool_index = state["pool_index"]
+        self._emitted = state["emitted"]
+        self._pending = []
+        if self._emitted:
+            self._fill()
+            del self._pending[len(self._pending) - self._emitted:]
 
 
 class _PoolBatchIterDataset(grain.IterDataset):
-  """Base: parent yields chunks (lists) of {"inputs": [S], "targets": [T]} examples.
+    """Base: parent yields chunks (lists) of {"inputs": [S], "targets": [T]} examples.
 
-  Pairs are read and encoded in chunks because batched array_record reads are ~10x faster than
-  single ones; a pool is whole chunks (>= pool_size pairs), so a pool always starts at a parent
-  state and restoring never needs the contents of a buffer.
-  """
+    Pairs are read and encoded in chunks because batched array_record reads are ~10x faster than
+    single ones; a pool is whole chunks (>= pool_size pairs), so a pool always starts at a parent
+    state and restoring never needs the contents of a buffer.
+    """
 
-  def __init__(self, parent: grain.IterDataset, *, pool_size: int, seed: int):
-    super().__init__(parent)
-    if pool_size < 1:
-      raise ValueError(f"pool_size: got {pool_size}, expected >= 1")
-    self.pool_size = int(pool_size)
-    self.seed = int(seed)
+    def __init__(self, parent: grain.IterDataset, *, pool_size: int, seed: int):
+        super().__init__(parent)
+        if pool_size < 1:
+            raise ValueError(f"pool_size: got {pool_size}, expected >= 1")
+        self.pool_size = int(pool_size)
+        self.seed = int(seed)
 
-  def make_batches(self, examples: list[dict[str, np.ndarray]], rng: np.random.Generator
-                   ) -> list[dict[str, np.ndarray]]:
-    raise NotImplementedError
+    def make_batches(self, examples: list[dict[str, np.ndarray]], rng: np.random.Generator
+                     ) -> list[dict[str, np.ndarray]]:
+        raise NotImplementedError
 
-  def __iter__(self) -> _PoolBatchIterator:
-    return _PoolBatchIterator(self._parent.__iter__(), self)
+    def __iter__(self) -> _PoolBatchIterator:
+        return _PoolBatchIterator(self._parent.__iter__(), self)
 
 
 class BucketBatchIterDataset(_PoolBatchIterDataset):
-  """Chunks of examples -> {"inputs": [rows_L, L], "targets": [rows_L, L]} int32 batches."""
+    """Chunks of examples -> {"inputs": [rows_L, L], "targets": [rows_L, L]} int32 batches."""
 
-  def __init__(self, parent: grain.IterDataset, *, lengths: Sequence[int], rows: Sequence[int],
-               pool_size: int, seed: int):
-    """Args:
-      parent: chunks (lists) of examples with 1-d "inputs", "targets" (<= lengths[-1] long).
-      lengths: ascending bucket lengths.
-      rows: rows per batch of each bucket.
-      pool_size: pairs bucketed together (larger: fewer part-filled batches, slower restore).
-      seed: seed of the batch order within a pool.
-    """
-    super().__init__(parent, pool_size=pool_size, seed=seed)
-    if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < 1:
-      raise ValueError(f"lengths: got {tuple(lengths)}, expected strictly ascending positive")
-    if len(rows) != len(lengths):
-      raise ValueError(f"rows: got {len(rows)} entries, expected {len(lengths)} (one per bucket)")
-    self.lengths = tuple(int(x) for x in lengths)
-    self.rows = tuple(int(x) for x in rows)
+    def __init__(self, parent: grain.IterDataset, *, lengths: Sequence[int], rows: Sequence[int],
+                 pool_size: int, seed: int):
+        """Args:
+          parent: chunks (lists) of examples with 1-d "inputs", "targets" (<= lengths[-1] long).
+          lengths: ascending bucket lengths.
+          rows: rows per batch of each bucket.
+          pool_size: pairs bucketed together (larger: fewer part-filled batches, slower restore).
+          seed: seed of the batch order within a pool.
+        """
+        super().__init__(parent, pool_size=pool_size, seed=seed)
+        if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < 1:
+            raise ValueError(f"lengths: got {tuple(lengths)}, expected strictly ascending positive")
+        if len(rows) != len(lengths):
+            raise ValueError(f"rows: got {len(rows)} entries, expected {len(lengths)} (one per bucket)")
+        self.lengths = tuple(int(x) for x in lengths)
+        self.rows = tuple(int(x) for x in rows)
 
-  def make_batches(self, examples, rng):
-    del rng  # The order of batches is shuffled by the iterator.
-    return _bucket_pool(examples, self.lengths, self.rows)
+    def make_batches(self, examples, rng):
+        del rng  # The order of batches is shuffled by the iterator.
+        return _bucket_pool(examples, self.lengths, self.rows)
 
-  def __str__(self) -> str:
-    return f"BucketBatchIterDataset(lengths={self.lengths}, rows={self.rows})"
+    def __str__(self) -> str:
+        return f"BucketBatchIterDataset(lengths={self.lengths}, rows={self.rows})"
 
 
 class PackBatchIterDataset(_PoolBatchIterDataset):
-  """Chunks of examples -> packed [rows, length] int32 batches (see the module docstring).
+    """Chunks of examples -> packed [rows, length] int32 batches (see the module docstring).
 
-  Output keys: "inputs", "inputs_segmentation", "inputs_position", "targets",
-  "targets_segmentation", "targets_position". A pair never spans two rows; segment ids are
-  1..n per row (0 = pad) and the i-th segment holds the same pair on both sides.
-  """
+    Output keys: "inputs", "inputs_segmentation", "inputs_position", "targets",
+    "targets_segmentation", "targets_position". A pair never spans two rows; segment ids are
+    1..n per row (0 = pad) and the i-th segment holds the same pair on both sides.
+    """
 
-  def __init__(self, parent: grain.IterDataset, *, length: int, rows: int, pool_size: int,
-               seed: int):
-    super().__init__(parent, pool_size=pool_size, seed=seed)
-    if length < 1 or rows < 1:
-      raise ValueError(f"length, rows: got {length}, {rows}, expected positive")
-    self.length = int(length)
-    self.rows = int(rows)
+    def __init__(self, parent: grain.IterDataset, *, length: int, rows: int, pool_size: int,
+                 seed: int):
+        super().__init__(parent, pool_size=pool_size, seed=seed)
+        if length < 1 or rows < 1:
+            raise ValueError(f"length, rows: got {length}, {rows}, expected positive")
+        self.length = int(length)
+        self.rows = int(rows)
 
-  def make_batches(self, examples, rng):
-    return _pack_pool(examples, self.length, self.rows, rng)
+    def make_batches(self, examples, rng):
+        return _pack_pool(examples, self.length, self.rows, rng)
 
-  def __str__(self) -> str:
-    return f"PackBatchIterDataset(length={self.length}, rows={self.rows})"
+    def __str__(self) -> str:
+        return f"PackBatchIterDataset(length={self.length}, rows={self.rows})"
 
 
 def eval_batches(examples: Sequence[dict[str, np.ndarray]], *, lengths: Sequence[int],
                  batch_size: int) -> list[dict[str, np.ndarray]]:
-  """Length-sorted [batch_size, L] batches of all `examples` (L from `lengths`), in memory.
+    """Length-sorted [batch_size, L] batches of all `examples` (L from `lengths`), in memory.
 
-  Returns:
-    Batches {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}:
-    `example_index` is the position in `examples` of each row, -1 for all-zero padding rows.
-  """
-  if batch_size < 1:
-    raise ValueError(f"batch_size: got {batch_size}, expected >= 1")
-  longest = [max(len(e["inputs"]), len(e["targets"])) for e in examples]
-  if longest and max(longest) > lengths[-1]:
-    raise ValueError(f"examples: length {max(longest)} exceeds the largest bucket {lengths[-1]}")
-  order = np.argsort(longest, kind="stable")
-  batches = []
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
-    length = lengths[int(np.searchsorted(lengths, longest[chunk[-1]]))]
-    index = np.full((batch_size,), -1, np.int32)  # [B]
-    index[:len(chunk)] = chunk
-    batch = {key: _pad_stack([examples[i][key] for i in chunk], batch_size, length)  # [B, L]
-             for key in ("inputs", "targets")}
-    batch["example_index"] = index
-    batches.append(batch)
-  return batches
+    Returns:
+      Batches {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}:
+      `example_index` is the position in `examples` of each row, -1 for all-zero padding rows.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size}, expected >= 1")
+    longest = [max(len(e["inputs"]), len(e["targets"])) for e in examples]
+    if longest and max(longest) > lengths[-1]:
+        raise ValueError(f"examples: length {max(longest)} exceeds the largest bucket {lengths[-1]}")
+    order = np.argsort(longest, kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        length = lengths[int(np.searchsorted(lengths, longest[chunk[-1]]))]
+        index = np.full((batch_size,), -1, np.int32)  # [B]
+        index[:len(chunk)] = chunk
+        batch = {key: _pad_stack([examples[i][key] for i in chunk], batch_size, length)  # [B, L]
+                 for key in ("inputs", "targets")}
+        batch["example_index"] = index
+        batches.append(batch)
+    return batches
 

@@ -29,94 +29,94 @@ _log = logging.getLogger(__name__)
 
 
 def prepare_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """Returns the prepared builder of TFDS dataset `name` ("dataset[/config][:version]")."""
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"dataset: {name!r} is not a TFDS dataset (expected e.g. "
-                     "'number_words/medium', 'wmt14_translate/de-en' or 'tsv')") from None
-  return prepare(builder)
+    """Returns the prepared builder of TFDS dataset `name` ("dataset[/config][:version]")."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"dataset: {name!r} is not a TFDS dataset (expected e.g. "
+                         "'number_words/medium', 'wmt14_translate/de-en' or 'tsv')") from None
+    return prepare(builder)
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """Writes `builder`'s data as array_record unless its data dir already holds it."""
-  builder.download_and_prepare(file_format="array_record")
-  return builder
+    """Writes `builder`'s data as array_record unless its data dir already holds it."""
+    builder.download_and_prepare(file_format="array_record")
+    return builder
 
 
 def split_sources(builder: tfds.core.DatasetBuilder, splits: Sequence[str]
                   ) -> dict[str, Sequence[Mapping]]:
-  """Random-access array_record sources of `splits` ({split: source}, `len` and `[i]`)."""
-  known = list(builder.info.splits.keys())
-  sources = {}
-  for split in splits:
-    base = split.split("[")[0]
-    if known and base not in known:
-      raise ValueError(f"split: got {split!r}, expected one of {known} for {builder.name}")
-    try:
-      sources[split] = builder.as_data_source(split=split)
-    except NotImplementedError as e:  # prepared earlier in another format (tfrecord)
-      raise ValueError(f"dataset {builder.name}: {e}; prepare it as array_record in another "
-                       "data_dir") from None
-  return sources
+    """Random-access array_record sources of `splits` ({split: source}, `len` and `[i]`)."""
+    known = list(builder.info.splits.keys())
+    sources = {}
+    for split in splits:
+        base = split.split("[")[0]
+        if known and base not in known:
+            raise ValueError(f"split: got {split!r}, expected one of {known} for {builder.name}")
+        try:
+            sources[split] = builder.as_data_source(split=split)
+        except NotImplementedError as e:  # prepared earlier in another format (tfrecord)
+            raise ValueError(f"dataset {builder.name}: {e}; prepare it as array_record in another "
+                             "data_dir") from None
+    return sources
 
 
 def feature_keys(builder: tfds.core.DatasetBuilder) -> list[str]:
-  """Top-level feature names (language keys for translation datasets)."""
-  return list(builder.info.features.keys())
+    """Top-level feature names (language keys for translation datasets)."""
+    return list(builder.info.features.keys())
 
 
 def record_text(value) -> str:
-  """One text feature as `str`: bytes (real data), str (mock data) or a 0-d numpy array."""
-  if isinstance(value, np.ndarray):
-    value = value.item()
-  if isinstance(value, bytes):
-    return value.decode("utf-8")
-  if isinstance(value, str):
-    return value
-  raise ValueError(f"record_text: got {type(value).__name__}, expected bytes or str")
+    """One text feature as `str`: bytes (real data), str (mock data) or a 0-d numpy array."""
+    if isinstance(value, np.ndarray):
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"record_text: got {type(value).__name__}, expected bytes or str")
 
 
 def record_pair(record: Mapping, source_key: str, target_key: str) -> tuple[str, str]:
-  """(source_text, target_text) of one record."""
-  return record_text(record[source_key]), record_text(record[target_key])
+    """(source_text, target_text) of one record."""
+    return record_text(record[source_key]), record_text(record[target_key])
 
 
 class PairReader:
-  """Batched reads of (source_text, target_text) pairs from a TFDS data source.
+    """Batched reads of (source_text, target_text) pairs from a TFDS data source.
 
-  Reading one array_record record at a time costs ~100 us and TFDS's generic decoding ~70 us
-  more; reading indices in batches straight from the array_record files and pulling the two
-  text features out of the tf.train.Example proto costs ~15 us per pair (2 CPU cores). The fast
-  path is used only when it reproduces TFDS's own decoding of the first record; otherwise
-  (e.g. `tfds.testing.mock_data`) pairs go through the data source's `__getitem__`.
-  """
+    Reading one array_record record at a time costs ~100 us and TFDS's generic decoding ~70 us
+    more; reading indices in batches straight from the array_record files and pulling the two
+    text features out of the tf.train.Example proto costs ~15 us per pair (2 CPU cores). The fast
+    path is used only when it reproduces TFDS's own decoding of the first record; otherwise
+    (e.g. `tfds.testing.mock_data`) pairs go through the data source's `__getitem__`.
+    """
 
-  def __init__(self, source: Sequence[Mapping], source_key: str, target_key: str):
-    self._source = source
-    self._keys = (source_key, target_key)
-    self._raw = getattr(source, "data_source", None)
-    if self._raw is not None and len(source):
-      try:
-        fast = self._read_fast([0])[0]
-      except Exception:  # pylint: disable=broad-except  (any failure: use the generic path)
-        fast = None
-      if fast != record_pair(source[0], *self._keys):
-        self._raw = None
+    def __init__(self, source: Sequence[Mapping], source_key: str, target_key: str):
+        self._source = source
+        self._keys = (source_key, target_key)
+        self._raw = getattr(source, "data_source", None)
+        if self._raw is not None and len(source):
+            try:
+                fast = self._read_fast([0])[0]
+            except Exception:  # pylint: disable=broad-except  (any failure: use the generic path)
+                fast = None
+            if fast != record_pair(source[0], *self._keys):
+                self._raw = None
 
-  def __len__(self) -> int:
-    return len(self._source)
+    def __len__(self) -> int:
+        return len(self._source)
 
-  def _read_fast(self, indices: Sequence[int]) -> list[tuple[str, str]]:
-    pairs = []
-    for raw in self._raw.__getitems__(indices):
-      feature = tf_example_pb2.Example.FromString(raw).features.feature
-      pairs.append(tuple(feature[key].bytes_list.value[0].decode("utf-8") for key in self._keys))
-    return pairs
+    def _read_fast(self, indices: Sequence[int]) -> list[tuple[str, str]]:
+        pairs = []
+        for raw in self._raw.__getitems__(indices):
+            feature = tf_example_pb2.Example.FromString(raw).features.feature
+            pairs.append(tuple(feature[key].bytes_list.value[0].decode("utf-8") for key in self._keys))
+        return pairs
 
-  def read(self, indices: Sequence[int]) -> list[tuple[str, str]]:
-    """(source_text, target_text) of each record index."""
-    indices = [int(i) for i in indices]
-    if self._raw is not None:
-      return self._read_fast(indices)
-    return [record_pair(self._source[i], *self._keys) for i in indices]
+    def read(self, indices: Sequence[int]) -> list[tuple[str, str]]:
+        """(source_text, target_text) of each record index."""
+        indices = [int(i) for i in indices]
+        if self._raw is not None:
+            return self._read_fast(indices)
+        return [record_pair(self._source[i], *self._keys) for i in indices]

@@ -27,147 +27,147 @@ _log = logging.getLogger(__name__)
 
 
 def _lines(path: str) -> list[bytes]:
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  if lines and lines[-1] == b"":
-    lines.pop()  # the newline that ends the last line
-  return lines
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line
+    return lines
 
 
 def read_pairs(files: Sequence[str], skipped: collections.Counter
                ) -> Iterator[tuple[int, str, str]]:
-  """Yields (line number, source, target) of usable lines; counts the others in `skipped`.
+    """Yields (line number, source, target) of usable lines; counts the others in `skipped`.
 
-  Args:
-    files: (tsv_path,) with "source<TAB>target" lines, or (source_path, target_path).
-    skipped: incremented per reason: "columns", "empty", "utf8".
-  """
-  if len(files) == 1:
-    columns = (raw.split(b"\t") for raw in _lines(files[0]))
-    rows = (cols if len(cols) == 2 else None for cols in columns)
-  elif len(files) == 2:
-    src, tgt = _lines(files[0]), _lines(files[1])
-    if len(src) != len(tgt):
-      raise ValueError(f"files: {files[0]} has {len(src)} lines, {files[1]} has {len(tgt)}; "
-                       "expected aligned files with equal line counts")
-    rows = zip(src, tgt)
-  else:
-    raise ValueError(f"files: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
-  for number, row in enumerate(rows):
-    if row is None:
-      skipped["columns"] += 1
-      continue
-    try:
-      source, target = (side.decode("utf-8").strip() for side in row)
-    except UnicodeDecodeError:
-      skipped["utf8"] += 1
-      continue
-    if not source or not target:
-      skipped["empty"] += 1
-      continue
-    yield number, source, target
+    Args:
+      files: (tsv_path,) with "source<TAB>target" lines, or (source_path, target_path).
+      skipped: incremented per reason: "columns", "empty", "utf8".
+    """
+    if len(files) == 1:
+        columns = (raw.split(b"\t") for raw in _lines(files[0]))
+        rows = (cols if len(cols) == 2 else None for cols in columns)
+    elif len(files) == 2:
+        src, tgt = _lines(files[0]), _lines(files[1])
+        if len(src) != len(tgt):
+            raise ValueError(f"files: {files[0]} has {len(src)} lines, {files[1]} has {len(tgt)}; "
+                             "expected aligned files with equal line counts")
+        rows = zip(src, tgt)
+    else:
+        raise ValueError(f"files: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
+    for number, row in enumerate(rows):
+        if row is None:
+            skipped["columns"] += 1
+            continue
+        try:
+            source, target = (side.decode("utf-8").strip() for side in row)
+        except UnicodeDecodeError:
+            skipped["utf8"] += 1
+            continue
+        if not source or not target:
+            skipped["empty"] += 1
+            continue
+        yield number, source, target
 
 
 def _fingerprint(paths: Sequence[str], extra: str) -> str:
-  digest = hashlib.sha256(extra.encode())
-  for path in paths:
-    digest.update(b"\0file\0")
-    with open(path, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        digest.update(chunk)
-  return digest.hexdigest()[:16]
+    digest = hashlib.sha256(extra.encode())
+    for path in paths:
+        digest.update(b"\0file\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 @dataclasses.dataclass(eq=False)
 class ParallelCorpusConfig(tfds.core.BuilderConfig):
-  """Files of one corpus.
+    """Files of one corpus.
 
-  Attributes:
-    train_files: (tsv,) or (source, target) paths of the training pairs.
-    eval_files: the same for the "validation" split; () for none.
-    eval_holdout: when `eval_files` is empty, this many training pairs (a seeded choice) form
-      "validation" instead of "train".
-  """
+    Attributes:
+      train_files: (tsv,) or (source, target) paths of the training pairs.
+      eval_files: the same for the "validation" split; () for none.
+      eval_holdout: when `eval_files` is empty, this many training pairs (a seeded choice) form
+        "validation" instead of "train".
+    """
 
-  train_files: tuple[str, ...] = ()
-  eval_files: tuple[str, ...] = ()
-  eval_holdout: int = 0
+    train_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()
+    eval_holdout: int = 0
 
 
 class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
-  """Source/target pairs from a user's files; see `corpus_builder`."""
+    """Source/target pairs from a user's files; see `corpus_builder`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = []
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = []
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"source": tfds.features.Text(),
-                                             "target": tfds.features.Text()}),
-        supervised_keys=("source", "target"))
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"source": tfds.features.Text(),
+                                                 "target": tfds.features.Text()}),
+            supervised_keys=("source", "target"))
 
-  def _scan(self, files: Sequence[str]) -> int:
-    skipped = collections.Counter()
-    total = sum(1 for _ in read_pairs(files, skipped))
-    if not total:
-      raise ValueError(f"files: no usable 'source<TAB>target' line in {', '.join(files)} "
-                       f"(skipped: {dict(skipped)})")
-    if skipped:
-      _log.warning("parallel_corpus: skipped %d of %d lines in %s (%s)", sum(skipped.values()),
-                   total + sum(skipped.values()), ", ".join(files),
-                   ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
-    return total
+    def _scan(self, files: Sequence[str]) -> int:
+        skipped = collections.Counter()
+        total = sum(1 for _ in read_pairs(files, skipped))
+        if not total:
+            raise ValueError(f"files: no usable 'source<TAB>target' line in {', '.join(files)} "
+                             f"(skipped: {dict(skipped)})")
+        if skipped:
+            _log.warning("parallel_corpus: skipped %d of %d lines in %s (%s)", sum(skipped.values()),
+                         total + sum(skipped.values()), ", ".join(files),
+                         ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+        return total
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local files only.
-    config = self.builder_config
-    num_train = self._scan(config.train_files)
-    splits = {}
-    holdout = frozenset()
-    if config.eval_files:
-      self._scan(config.eval_files)
-      splits["validation"] = self._generate_examples(config.eval_files, None, True)
-    elif config.eval_holdout:
-      if config.eval_holdout >= num_train:
-        raise ValueError(f"eval_holdout: got {config.eval_holdout}, expected fewer than the "
-                         f"{num_train} usable training pairs")
-      rng = np.random.default_rng(0)
-      holdout = frozenset(rng.choice(num_train, config.eval_holdout, replace=False).tolist())
-      splits["validation"] = self._generate_examples(config.train_files, holdout, True)
-    splits["train"] = self._generate_examples(config.train_files, holdout, False)
-    return splits
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Local files only.
+        config = self.builder_config
+        num_train = self._scan(config.train_files)
+        splits = {}
+        holdout = frozenset()
+        if config.eval_files:
+            self._scan(config.eval_files)
+            splits["validation"] = self._generate_examples(config.eval_files, None, True)
+        elif config.eval_holdout:
+            if config.eval_holdout >= num_train:
+                raise ValueError(f"eval_holdout: got {config.eval_holdout}, expected fewer than the "
+                                 f"{num_train} usable training pairs")
+            rng = np.random.default_rng(0)
+            holdout = frozenset(rng.choice(num_train, config.eval_holdout, replace=False).tolist())
+            splits["validation"] = self._generate_examples(config.train_files, holdout, True)
+        splits["train"] = self._generate_examples(config.train_files, holdout, False)
+        return splits
 
-  def _generate_examples(self, files, holdout, in_holdout):
-    # `holdout` indexes usable pairs, so it is independent of where the skipped lines sit.
-    for i, (number, source, target) in enumerate(read_pairs(files, collections.Counter())):
-      if holdout is None or (i in holdout) == in_holdout:
-        yield number, {"source": source, "target": target}
+    def _generate_examples(self, files, holdout, in_holdout):
+        # `holdout` indexes usable pairs, so it is independent of where the skipped lines sit.
+        for i, (number, source, target) in enumerate(read_pairs(files, collections.Counter())):
+            if holdout is None or (i in holdout) == in_holdout:
+                yield number, {"source": source, "target": target}
 
 
 def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
                    eval_holdout: int = 0, data_dir: str | None = None) -> ParallelCorpus:
-  """The (not yet prepared) builder of a corpus, named after the content of its files.
+    """The (not yet prepared) builder of a corpus, named after the content of its files.
 
-  Args:
-    train_files: (tsv,) or (source, target) paths.
-    eval_files: (tsv,), (source, target) or () for no separate validation file.
-    eval_holdout: validation pairs held out of training when `eval_files` is empty.
-    data_dir: TFDS data dir of the prepared copy (None: the TFDS default).
-  """
-  for arg, files in (("train_files", train_files), ("eval_files", eval_files)):
-    if len(files) not in ((1, 2) if arg == "train_files" else (0, 1, 2)):
-      raise ValueError(f"{arg}: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
-    for path in files:
-      if not os.path.isfile(path):
-        raise ValueError(f"{arg}: {path} does not exist or is not a file")
-  if eval_holdout < 0:
-    raise ValueError(f"eval_holdout: got {eval_holdout}, expected >= 0")
-  train_files = tuple(os.path.abspath(p) for p in train_files)
-  eval_files = tuple(os.path.abspath(p) for p in eval_files)
-  fingerprint = _fingerprint(train_files + eval_files,
-                             f"{len(train_files)}:{len(eval_files)}:{eval_holdout}")
-  config = ParallelCorpusConfig(name=f"corpus_{fingerprint}", train_files=train_files,
-                                eval_files=eval_files, eval_holdout=eval_holdout,
-                                description=f"train {train_files}, eval {eval_files}")
-  return ParallelCorpus(config=config, data_dir=data_dir or None)
+    Args:
+      train_files: (tsv,) or (source, target) paths.
+      eval_files: (tsv,), (source, target) or () for no separate validation file.
+      eval_holdout: validation pairs held out of training when `eval_files` is empty.
+      data_dir: TFDS data dir of the prepared copy (None: the TFDS default).
+    """
+    for arg, files in (("train_files", train_files), ("eval_files", eval_files)):
+        if len(files) not in ((1, 2) if arg == "train_files" else (0, 1, 2)):
+            raise ValueError(f"{arg}: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
+        for path in files:
+            if not os.path.isfile(path):
+                raise ValueError(f"{arg}: {path} does not exist or is not a file")
+    if eval_holdout < 0:
+        raise ValueError(f"eval_holdout: got {eval_holdout}, expected >= 0")
+    train_files = tuple(os.path.abspath(p) for p in train_files)
+    eval_files = tuple(os.path.abspath(p) for p in eval_files)
+    fingerprint = _fingerprint(train_files + eval_files,
+                               f"{len(train_files)}:{len(eval_files)}:{eval_holdout}")
+    config = ParallelCorpusConfig(name=f"corpus_{fingerprint}", train_files=train_files,
+                                  eval_files=eval_files, eval_holdout=eval_holdout,
+                                  description=f"train {train_files}, eval {eval_files}")
+    return ParallelCorpus(config=config, data_dir=data_dir or None)

@@ -36,239 +36,239 @@ _CHUNK = 256  # pairs read together for the vocabulary and eval sets
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-  """One eval split, in memory.
+    """One eval split, in memory.
 
-  Attributes:
-    pairs: (source_text, target_text) per example; the references for BLEU / exact match.
-    batches: {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}; row r of
-      a batch is pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
-  """
+    Attributes:
+      pairs: (source_text, target_text) per example; the references for BLEU / exact match.
+      batches: {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}; row r of
+        a batch is pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
+    """
 
-  pairs: list[tuple[str, str]]
-  batches: list[dict[str, np.ndarray]]
+    pairs: list[tuple[str, str]]
+    batches: list[dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Datasets:
-  """What `make_datasets` returns.
+    """What `make_datasets` returns.
 
-  Attributes:
-    train: `iter(train)` is a grain DatasetIterator of numpy batches (API.md format) with
-      `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
-    eval: {split: EvalSet} for `config.eval_splits`.
-    tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
-    batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
-    num_train_examples: training pairs of this process's slice (before the length policy).
-  """
+    Attributes:
+      train: `iter(train)` is a grain DatasetIterator of numpy batches (API.md format) with
+        `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
+      eval: {split: EvalSet} for `config.eval_splits`.
+      tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
+      batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
+      num_train_examples: training pairs of this process's slice (before the length policy).
+    """
 
-  train: grain.IterDataset
-  eval: dict[str, EvalSet]
-  tokenizers: Tokenizers
-  batch_shapes: tuple[tuple[int, int], ...]
-  num_train_examples: int
+    train: grain.IterDataset
+    eval: dict[str, EvalSet]
+    tokenizers: Tokenizers
+    batch_shapes: tuple[tuple[int, int], ...]
+    num_train_examples: int
 
 
 def _files(*paths: str) -> tuple[str, ...]:
-  return tuple(p for p in paths if p)
+    return tuple(p for p in paths if p)
 
 
 def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
                  ) -> tuple[dict[str, Sequence[Mapping]], str, str, str]:
-  """Prepares `config.dataset` and opens `splits`.
+    """Prepares `config.dataset` and opens `splits`.
 
-  Returns:
-    ({split: random-access source of records}, source key, target key, dataset id).
-  """
-  data_dir = config.data_dir or None
-  if config.dataset == TSV:
-    train = _files(config.train_file) or _files(config.train_source_file,
-                                                config.train_target_file)
-    evals = _files(config.eval_file) or _files(config.eval_source_file, config.eval_target_file)
-    if config.train_file and (config.train_source_file or config.train_target_file):
-      raise ValueError("train_file: set either train_file or train_source/target_file, not both")
-    if not train:
-      raise ValueError("train_file: dataset 'tsv' needs train_file or train_source_file and "
-                       "train_target_file")
-    builder = catalog.prepare(corpus.corpus_builder(train, evals, config.eval_holdout,
-                                                    data_dir))
-    source_key, target_key = "source", "target"
-  else:
-    builder = catalog.prepare_builder(config.dataset, data_dir)
-    source_key, target_key = config.source_lang, config.target_lang
-    keys = catalog.feature_keys(builder)
-    for arg, key in (("source_lang", source_key), ("target_lang", target_key)):
-      if key not in keys:
-        raise ValueError(f"{arg}: got {key!r}, expected one of {keys} for {config.dataset}")
-    if source_key == target_key:
-      raise ValueError(f"source_lang, target_lang: both {source_key!r}, expected two languages")
-  dataset_id = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
-  dataset_id += f":{source_key}->{target_key}"
-  return catalog.split_sources(builder, splits), source_key, target_key, dataset_id
+    Returns:
+      ({split: random-access source of records}, source key, target key, dataset id).
+    """
+    data_dir = config.data_dir or None
+    if config.dataset == TSV:
+        train = _files(config.train_file) or _files(config.train_source_file,
+                                                    config.train_target_file)
+        evals = _files(config.eval_file) or _files(config.eval_source_file, config.eval_target_file)
+        if config.train_file and (config.train_source_file or config.train_target_file):
+            raise ValueError("train_file: set either train_file or train_source/target_file, not both")
+        if not train:
+            raise ValueError("train_file: dataset 'tsv' needs train_file or train_source_file and "
+                             "train_target_file")
+        builder = catalog.prepare(corpus.corpus_builder(train, evals, config.eval_holdout,
+                                                        data_dir))
+        source_key, target_key = "source", "target"
+    else:
+        builder = catalog.prepare_builder(config.dataset, data_dir)
+        source_key, target_key = config.source_lang, config.target_lang
+        keys = catalog.feature_keys(builder)
+        for arg, key in (("source_lang", source_key), ("target_lang", target_key)):
+            if key not in keys:
+                raise ValueError(f"{arg}: got {key!r}, expected one of {keys} for {config.dataset}")
+        if source_key == target_key:
+            raise ValueError(f"source_lang, target_lang: both {source_key!r}, expected two languages")
+    dataset_id = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
+    dataset_id += f":{source_key}->{target_key}"
+    return catalog.split_sources(builder, splits), source_key, target_key, dataset_id
 
 
 class _Encode:
-  """(source_text, target_text) -> {"inputs": [S], "targets": [T]} int32 eos-ended, or None."""
+    """(source_text, target_text) -> {"inputs": [S], "targets": [T]} int32 eos-ended, or None."""
 
-  def __init__(self, tokenizers: Tokenizers, max_source_length: int, max_target_length: int,
-               policy: str):
-    self._tok = tokenizers
-    self._max = (max_source_length, max_target_length)
-    self._policy = policy
+    def __init__(self, tokenizers: Tokenizers, max_source_length: int, max_target_length: int,
+                 policy: str):
+        self._tok = tokenizers
+        self._max = (max_source_length, max_target_length)
+        self._policy = policy
 
-  def __call__(self, pair: tuple[str, str]) -> dict[str, np.ndarray] | None:
-    inputs = batching.fit_length(self._tok.source.encode(pair[0]), self._max[0], self._policy)
-    targets = batching.fit_length(self._tok.target.encode(pair[1]), self._max[1], self._policy)
-    if inputs is None or targets is None:
-      return None
-    return {"inputs": inputs, "targets": targets}
+    def __call__(self, pair: tuple[str, str]) -> dict[str, np.ndarray] | None:
+        inputs = batching.fit_length(self._tok.source.encode(pair[0]), self._max[0], self._policy)
+        targets = batching.fit_length(self._tok.target.encode(pair[1]), self._max[1], self._policy)
+        if inputs is None or targets is None:
+            return None
+        return {"inputs": inputs, "targets": targets}
 
 
 class _ShuffledChunk:
-  """Chunk k -> record indices: epoch k // chunks_per_epoch, shuffled by (seed, epoch).
+    """Chunk k -> record indices: epoch k // chunks_per_epoch, shuffled by (seed, epoch).
 
-  One vectorised permutation per epoch instead of per-index shuffle lookups; the chunks of an
-  epoch partition this process's records exactly once.
-  """
+    One vectorised permutation per epoch instead of per-index shuffle lookups; the chunks of an
+    epoch partition this process's records exactly once.
+    """
 
-  def __init__(self, records: np.ndarray, chunk_size: int, seed: int):
-    self._records = records  # [n] record indices of this process
-    self._chunk = chunk_size
-    self._seed = seed
-    self.chunks_per_epoch = max(1, -(-len(records) // chunk_size))
-    self._cache: dict[int, np.ndarray] = {}  # the last two epochs (read threads may straddle)
-    self._lock = threading.Lock()
+    def __init__(self, records: np.ndarray, chunk_size: int, seed: int):
+        self._records = records  # [n] record indices of this process
+        self._chunk = chunk_size
+        self._seed = seed
+        self.chunks_per_epoch = max(1, -(-len(records) // chunk_size))
+        self._cache: dict[int, np.ndarray] = {}  # the last two epochs (read threads may straddle)
+        self._lock = threading.Lock()
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    with self._lock:
-      if epoch not in self._cache:
-        self._cache = {e: p for e, p in self._cache.items() if e == epoch - 1}
-        self._cache[epoch] = np.random.default_rng([self._seed, epoch]).permutation(
-            len(self._records))  # [n]
-      return self._cache[epoch]
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch not in self._cache:
+                self._cache = {e: p for e, p in self._cache.items() if e == epoch - 1}
+                self._cache[epoch] = np.random.default_rng([self._seed, epoch]).permutation(
+                    len(self._records))  # [n]
+            return self._cache[epoch]
 
-  def __call__(self, k: int, _) -> np.ndarray:
-    epoch, c = divmod(k, self.chunks_per_epoch)
-    return self._records[self._permutation(epoch)[c * self._chunk:(c + 1) * self._chunk]]
+    def __call__(self, k: int, _) -> np.ndarray:
+        epoch, c = divmod(k, self.chunks_per_epoch)
+        return self._records[self._permutation(epoch)[c * self._chunk:(c + 1) * self._chunk]]
 
 
 class _ReadEncodeChunk:
-  """[C] record indices -> list of encoded examples (too-long pairs dropped by the policy)."""
+    """[C] record indices -> list of encoded examples (too-long pairs dropped by the policy)."""
 
-  def __init__(self, reader: catalog.PairReader, encode: _Encode):
-    self._reader = reader
-    self._encode = encode
+    def __init__(self, reader: catalog.PairReader, encode: _Encode):
+        self._reader = reader
+        self._encode = encode
 
-  def __call__(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
-    examples = (self._encode(pair) for pair in self._reader.read(indices))
-    return [e for e in examples if e is not None]
+    def __call__(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
+        examples = (self._encode(pair) for pair in self._reader.read(indices))
+        return [e for e in examples if e is not None]
 
 
 def _sample_texts(reader: catalog.PairReader, side: int, limit: int) -> list[str]:
-  n = len(reader)
-  index = np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).astype(np.int64)
-  return [pair[side] for start in range(0, len(index), _CHUNK)
-          for pair in reader.read(index[start:start + _CHUNK])]
+    n = len(reader)
+    index = np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).astype(np.int64)
+    return [pair[side] for start in range(0, len(index), _CHUNK)
+            for pair in reader.read(index[start:start + _CHUNK])]
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-  if config.length_policy not in batching.LENGTH_POLICIES:
-    raise ValueError(f"length_policy: got {config.length_policy!r}, expected one of "
-                     f"{batching.LENGTH_POLICIES}")
-  for field in ("max_source_length", "max_target_length", "batch_size_multiple",
-                "bucket_pool_size", "eval_batch_size", "read_chunk_size", "vocab_max_sentences"):
-    if config[field] < 1:
-      raise ValueError(f"{field}: got {config[field]}, expected >= 1")
-  for field in ("read_threads", "prefetch_chunks", "prefetch_batches"):
-    if config[field] < 0:
-      raise ValueError(f"{field}: got {config[field]}, expected >= 0")
-  if config.batch_size <= 0 and config.tokens_per_batch <= 0:
-    raise ValueError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
+    if config.length_policy not in batching.LENGTH_POLICIES:
+        raise ValueError(f"length_policy: got {config.length_policy!r}, expected one of "
+                         f"{batching.LENGTH_POLICIES}")
+    for field in ("max_source_length", "max_target_length", "batch_size_multiple",
+                  "bucket_pool_size", "eval_batch_size", "read_chunk_size", "vocab_max_sentences"):
+        if config[field] < 1:
+            raise ValueError(f"{field}: got {config[field]}, expected >= 1")
+    for field in ("read_threads", "prefetch_chunks", "prefetch_batches"):
+        if config[field] < 0:
+            raise ValueError(f"{field}: got {config[field]}, expected >= 0")
+    if config.batch_size <= 0 and config.tokens_per_batch <= 0:
+        raise ValueError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
 
 
 def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> Datasets:
-  """Builds or loads data and vocabulary; returns the training stream and eval sets.
+    """Builds or loads data and vocabulary; returns the training stream and eval sets.
 
-  Args:
-    config: `config.data` (fields in `default_data_config`).
-    workdir: run directory; the vocabulary is kept in `<workdir>/vocab/`.
-    process_index: this host's index (default `jax.process_index()`).
-    process_count: number of hosts (default `jax.process_count()`).
+    Args:
+      config: `config.data` (fields in `default_data_config`).
+      workdir: run directory; the vocabulary is kept in `<workdir>/vocab/`.
+      process_index: this host's index (default `jax.process_index()`).
+      process_count: number of hosts (default `jax.process_count()`).
 
-  Returns:
-    `Datasets`; see its docstring and API.md for the batch format.
-  """
-  _validate(config)
-  if process_index is None or process_count is None:
-    shard = grain.sharding.ShardByJaxProcess()
-    process_index, process_count = shard.shard_index, shard.shard_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index: got {process_index}, expected in [0, {process_count})")
-  splits = [config.train_split, *config.eval_splits]
-  sources, source_key, target_key, dataset_id = load_dataset(config, splits)
-  train_reader = catalog.PairReader(sources[config.train_split], source_key, target_key)
-  limit = config.vocab_max_sentences
-  tokenizers = load_or_train_tokenizers(
-      os.path.join(workdir, "vocab"), shared=config.shared_vocab, vocab_size=config.vocab_size,
-      model_type=config.vocab_model_type, character_coverage=config.character_coverage,
-      dataset_id=dataset_id,
-      source_texts=lambda: _sample_texts(train_reader, 0, limit),
-      target_texts=lambda: _sample_texts(train_reader, 1, limit))
+    Returns:
+      `Datasets`; see its docstring and API.md for the batch format.
+    """
+    _validate(config)
+    if process_index is None or process_count is None:
+        shard = grain.sharding.ShardByJaxProcess()
+        process_index, process_count = shard.shard_index, shard.shard_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index: got {process_index}, expected in [0, {process_count})")
+    splits = [config.train_split, *config.eval_splits]
+    sources, source_key, target_key, dataset_id = load_dataset(config, splits)
+    train_reader = catalog.PairReader(sources[config.train_split], source_key, target_key)
+    limit = config.vocab_max_sentences
+    tokenizers = load_or_train_tokenizers(
+        os.path.join(workdir, "vocab"), shared=config.shared_vocab, vocab_size=config.vocab_size,
+        model_type=config.vocab_model_type, character_coverage=config.character_coverage,
+        dataset_id=dataset_id,
+        source_texts=lambda: _sample_texts(train_reader, 0, limit),
+        target_texts=lambda: _sample_texts(train_reader, 1, limit))
 
-  max_length = max(config.max_source_length, config.max_target_length)
-  lengths = tuple(config.bucket_lengths) or batching.default_bucket_lengths(max_length)
-  if list(lengths) != sorted(set(lengths)) or lengths[-1] < max_length:
-    raise ValueError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
-  encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
-                   config.length_policy)
-  # Records are read in chunks of consecutive shuffled indices: one batched random read each.
-  records = np.arange(len(train_reader))[process_index::process_count]  # this process's slice
-  num_train = len(records)
-  if not num_train:
-    raise ValueError(f"process_count: {process_count} processes for {len(train_reader)} "
-                     f"training pairs leave process {process_index} without data")
-  shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
-  chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
-            .map_with_index(shuffled).map(_ReadEncodeChunk(train_reader, encode)))
-  it = chunks.to_iter_dataset(grain.ReadOptions(
-      num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_chunks))
-  if config.packing:
-    pack_length = config.pack_length or max_length
-    if pack_length < max_length:
-      raise ValueError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
-    rows = batching.rows_per_batch(pack_length, config.tokens_per_batch, config.batch_size,
-                                   config.batch_size_multiple)
-    train = batching.PackBatchIterDataset(it, length=pack_length, rows=rows,
-                                          pool_size=config.bucket_pool_size, seed=config.seed)
-    shapes = ((rows, pack_length),)
-  else:
-    rows = [batching.rows_per_batch(length, config.tokens_per_batch, config.batch_size,
-                                    config.batch_size_multiple) for length in lengths]
-    train = batching.BucketBatchIterDataset(it, lengths=lengths, rows=rows,
-                                            pool_size=config.bucket_pool_size, seed=config.seed)
-    shapes = tuple(zip(rows, lengths))
-  if config.prefetch_batches:
-    # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
-    train = grain.experimental.ThreadPrefetchIterDataset(
-        train, prefetch_buffer_size=config.prefetch_batches)
+    max_length = max(config.max_source_length, config.max_target_length)
+    lengths = tuple(config.bucket_lengths) or batching.default_bucket_lengths(max_length)
+    if list(lengths) != sorted(set(lengths)) or lengths[-1] < max_length:
+        raise ValueError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
+    encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
+                     config.length_policy)
+    # Records are read in chunks of consecutive shuffled indices: one batched random read each.
+    records = np.arange(len(train_reader))[process_index::process_count]  # this process's slice
+    num_train = len(records)
+    if not num_train:
+        raise ValueError(f"process_count: {process_count} processes for {len(train_reader)} "
+                         f"training pairs leave process {process_index} without data")
+    shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
+    chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
+              .map_with_index(shuffled).map(_ReadEncodeChunk(train_reader, encode)))
+    it = chunks.to_iter_dataset(grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_chunks))
+    if config.packing:
+        pack_length = config.pack_length or max_length
+        if pack_length < max_length:
+            raise ValueError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
+        rows = batching.rows_per_batch(pack_length, config.tokens_per_batch, config.batch_size,
+                                       config.batch_size_multiple)
+        train = batching.PackBatchIterDataset(it, length=pack_length, rows=rows,
+                                              pool_size=config.bucket_pool_size, seed=config.seed)
+        shapes = ((rows, pack_length),)
+    else:
+        rows = [batching.rows_per_batch(length, config.tokens_per_batch, config.batch_size,
+                                        config.batch_size_multiple) for length in lengths]
+        train = batching.BucketBatchIterDataset(it, lengths=lengths, rows=rows,
+                                                pool_size=config.bucket_pool_size, seed=config.seed)
+        shapes = tuple(zip(rows, lengths))
+    if config.prefetch_batches:
+        # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
+        train = grain.experimental.ThreadPrefetchIterDataset(
+            train, prefetch_buffer_size=config.prefetch_batches)
 
-  eval_encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
-                        "truncate")
-  evals = {}
-  for split in config.eval_splits:
-    reader = catalog.PairReader(sources[split], source_key, target_key)
-    count = len(reader)
-    if config.eval_max_examples > 0:
-      count = min(count, config.eval_max_examples)
-    pairs = [pair for start in range(0, count, _CHUNK)
-             for pair in reader.read(range(start, min(count, start + _CHUNK)))]
-    examples = [eval_encode(pair) for pair in pairs]
-    evals[split] = EvalSet(pairs, batching.eval_batches(examples, lengths=lengths,
-                                                        batch_size=config.eval_batch_size))
-  _log.info("Data %s: %d training pairs on process %d/%d, batch shapes %s, V=%d/%d", dataset_id,
-            num_train, process_index, process_count, shapes, tokenizers.source.vocab_size,
-            tokenizers.target.vocab_size)
-  return Datasets(train=train, eval=evals, tokenizers=tokenizers, batch_shapes=shapes,
-                  num_train_examples=num_train)
+    eval_encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
+                          "truncate")
+    evals = {}
+    for split in config.eval_splits:
+        reader = catalog.PairReader(sources[split], source_key, target_key)
+        count = len(reader)
+        if config.eval_max_examples > 0:
+            count = min(count, config.eval_max_examples)
+        pairs = [pair for start in range(0, count, _CHUNK)
+                 for pair in reader.read(range(start, min(count, start + _CHUNK)))]
+        examples = [eval_encode(pair) for pair in pairs]
+        evals[split] = EvalSet(pairs, batching.eval_batches(examples, lengths=lengths,
+                                                            batch_size=config.eval_batch_size))
+    _log.info("Data %s: %d training pairs on process %d/%d, batch shapes %s, V=%d/%d", dataset_id,
+              num_train, process_index, process_count, shapes, tokenizers.source.vocab_size,
+              tokenizers.target.vocab_size)
+    return Datasets(train=train, eval=evals, tokenizers=tokenizers, batch_shapes=shapes,
+                    num_train_examples=num_train)
 

@@ -37,187 +37,187 @@ _log = logging.getLogger(__name__)
 
 
 class Tokenizer:
-  """A SentencePiece model: text <-> int32 ids with the fixed special ids."""
+    """A SentencePiece model: text <-> int32 ids with the fixed special ids."""
 
-  def __init__(self, model_proto: bytes):
-    self._proto = bytes(model_proto)
-    self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
-    specials = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
-    if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-      raise ValueError(f"model_proto: special ids (pad, unk, bos, eos) got {specials}, "
-                       f"expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
+    def __init__(self, model_proto: bytes):
+        self._proto = bytes(model_proto)
+        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        specials = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(f"model_proto: special ids (pad, unk, bos, eos) got {specials}, "
+                             f"expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
 
-  @classmethod
-  def load(cls, path: str | os.PathLike) -> Tokenizer:
-    """Reads a `.model` file written by `save` or by SentencePiece."""
-    with open(path, "rb") as f:
-      return cls(f.read())
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Reads a `.model` file written by `save` or by SentencePiece."""
+        with open(path, "rb") as f:
+            return cls(f.read())
 
-  def save(self, path: str | os.PathLike) -> None:
-    """Writes the model proto atomically (temp file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.write(self._proto)
-    os.replace(tmp, path)
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the model proto atomically (temp file + rename)."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(self._proto)
+        os.replace(tmp, path)
 
-  @property
-  def vocab_size(self) -> int:
-    """V, the number of ids (specials included)."""
-    return self._sp.get_piece_size()
+    @property
+    def vocab_size(self) -> int:
+        """V, the number of ids (specials included)."""
+        return self._sp.get_piece_size()
 
-  @property
-  def fingerprint(self) -> str:
-    """First 16 hex digits of the SHA-256 of the model proto: equal iff same vocabulary."""
-    return hashlib.sha256(self._proto).hexdigest()[:16]
+    @property
+    def fingerprint(self) -> str:
+        """First 16 hex digits of the SHA-256 of the model proto: equal iff same vocabulary."""
+        return hashlib.sha256(self._proto).hexdigest()[:16]
 
-  @property
-  def model_proto(self) -> bytes:
-    return self._proto
+    @property
+    def model_proto(self) -> bytes:
+        return self._proto
 
-  def encode(self, text: str, *, add_eos: bool = True) -> np.ndarray:
-    """Text -> [L] int32 ids, ending with eos unless `add_eos` is False."""
-    ids = self._sp.encode(text, add_eos=add_eos)
-    return np.asarray(ids, dtype=np.int32)  # [L]
+    def encode(self, text: str, *, add_eos: bool = True) -> np.ndarray:
+        """Text -> [L] int32 ids, ending with eos unless `add_eos` is False."""
+        ids = self._sp.encode(text, add_eos=add_eos)
+        return np.asarray(ids, dtype=np.int32)  # [L]
 
-  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    """[L] ids -> text; stops at the first eos and drops pad and bos."""
-    out = []
-    for i in np.asarray(ids).reshape(-1).tolist():
-      if i == EOS_ID:
-        break
-      if i not in (PAD_ID, BOS_ID):
-        out.append(i)
-    return self._sp.decode(out)
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """[L] ids -> text; stops at the first eos and drops pad and bos."""
+        out = []
+        for i in np.asarray(ids).reshape(-1).tolist():
+            if i == EOS_ID:
+                break
+            if i not in (PAD_ID, BOS_ID):
+                out.append(i)
+        return self._sp.decode(out)
 
-  def decode_batch(self, ids: np.ndarray) -> list[str]:
-    """[B, L] ids -> B texts (see `decode`)."""
-    ids = np.asarray(ids)
-    if ids.ndim != 2:
-      raise ValueError(f"ids: got shape {ids.shape}, expected [B, L]")
-    return [self.decode(row) for row in ids]
+    def decode_batch(self, ids: np.ndarray) -> list[str]:
+        """[B, L] ids -> B texts (see `decode`)."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"ids: got shape {ids.shape}, expected [B, L]")
+        return [self.decode(row) for row in ids]
 
-  def id_to_piece(self, i: int) -> str:
-    return self._sp.id_to_piece(int(i))
+    def id_to_piece(self, i: int) -> str:
+        return self._sp.id_to_piece(int(i))
 
 
 @dataclasses.dataclass(frozen=True)
 class Tokenizers:
-  """Source and target tokenizers (the same object when the vocabulary is shared)."""
+    """Source and target tokenizers (the same object when the vocabulary is shared)."""
 
-  source: Tokenizer
-  target: Tokenizer
+    source: Tokenizer
+    target: Tokenizer
 
-  @property
-  def shared(self) -> bool:
-    return self.source is self.target
+    @property
+    def shared(self) -> bool:
+        return self.source is self.target
 
-  def fingerprint(self) -> dict[str, str | int]:
-    """JSON-able identity of the vocabularies, to store in a checkpoint."""
-    return {"source": self.source.fingerprint, "target": self.target.fingerprint,
-            "source_vocab_size": self.source.vocab_size,
-            "target_vocab_size": self.target.vocab_size}
+    def fingerprint(self) -> dict[str, str | int]:
+        """JSON-able identity of the vocabularies, to store in a checkpoint."""
+        return {"source": self.source.fingerprint, "target": self.target.fingerprint,
+                "source_vocab_size": self.source.vocab_size,
+                "target_vocab_size": self.target.vocab_size}
 
-  def check(self, stored: Mapping[str, str | int]) -> None:
-    """Raises ValueError if `stored` (a `fingerprint()` from a checkpoint) differs."""
-    current = self.fingerprint()
-    if dict(stored) != current:
-      raise ValueError(f"tokenizer: checkpoint was trained with vocabulary {dict(stored)}, "
-                       f"the workdir has {current}; use the checkpoint's workdir/vocab")
+    def check(self, stored: Mapping[str, str | int]) -> None:
+        """Raises ValueError if `stored` (a `fingerprint()` from a checkpoint) differs."""
+        current = self.fingerprint()
+        if dict(stored) != current:
+            raise ValueError(f"tokenizer: checkpoint was trained with vocabulary {dict(stored)}, "
+                             f"the workdir has {current}; use the checkpoint's workdir/vocab")
 
 
 def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: str = "unigram",
                         character_coverage: float = 1.0) -> Tokenizer:
-  """Trains a SentencePiece model in memory on `texts` with the fixed special ids.
+    """Trains a SentencePiece model in memory on `texts` with the fixed special ids.
 
-  The vocabulary size is a soft limit: a corpus too small for `vocab_size` pieces gives a
-  smaller vocabulary instead of an error, so read the size from `Tokenizer.vocab_size`.
-  """
-  if model_type not in MODEL_TYPES:
-    raise ValueError(f"model_type: got {model_type!r}, expected one of {MODEL_TYPES}")
-  if vocab_size < 8:
-    raise ValueError(f"vocab_size: got {vocab_size}, expected >= 8")
-  texts = [t for t in texts if t]
-  if not texts:
-    raise ValueError("texts: got no non-empty sentence to train the vocabulary on")
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-      model_type=model_type, character_coverage=character_coverage, hard_vocab_limit=False,
-      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-      pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
-      input_sentence_size=0, shuffle_input_sentence=False, num_threads=2, minloglevel=2)
-  return Tokenizer(model.getvalue())
+    The vocabulary size is a soft limit: a corpus too small for `vocab_size` pieces gives a
+    smaller vocabulary instead of an error, so read the size from `Tokenizer.vocab_size`.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type: got {model_type!r}, expected one of {MODEL_TYPES}")
+    if vocab_size < 8:
+        raise ValueError(f"vocab_size: got {vocab_size}, expected >= 8")
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("texts: got no non-empty sentence to train the vocabulary on")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage, hard_vocab_limit=False,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=2, minloglevel=2)
+    return Tokenizer(model.getvalue())
 
 
 def _load_or_train(vocab_dir: str, role: str, settings: dict, texts_fn: Callable[[], Iterable[str]]
                    ) -> Tokenizer:
-  model_path = os.path.join(vocab_dir, f"{role}.model")
-  settings_path = os.path.join(vocab_dir, f"{role}.json")
-  if os.path.exists(model_path):
-    recorded = None
-    if os.path.exists(settings_path):
-      with open(settings_path) as f:
-        recorded = json.load(f)
-    if recorded is not None and recorded != settings:
-      raise ValueError(f"vocabulary {model_path}: was trained with {recorded}, config asks for "
-                       f"{settings}; use another workdir (an existing vocabulary is never "
-                       "overwritten)")
-    tokenizer = Tokenizer.load(model_path)
-    _log.info("Reusing vocabulary %s (V=%d)", model_path, tokenizer.vocab_size)
+    model_path = os.path.join(vocab_dir, f"{role}.model")
+    settings_path = os.path.join(vocab_dir, f"{role}.json")
+    if os.path.exists(model_path):
+        recorded = None
+        if os.path.exists(settings_path):
+            with open(settings_path) as f:
+                recorded = json.load(f)
+        if recorded is not None and recorded != settings:
+            raise ValueError(f"vocabulary {model_path}: was trained with {recorded}, config asks for "
+                             f"{settings}; use another workdir (an existing vocabulary is never "
+                             "overwritten)")
+        tokenizer = Tokenizer.load(model_path)
+        _log.info("Reusing vocabulary %s (V=%d)", model_path, tokenizer.vocab_size)
+        return tokenizer
+    tokenizer = train_sentencepiece(texts_fn(), vocab_size=settings["vocab_size"],
+                                    model_type=settings["model_type"],
+                                    character_coverage=settings["character_coverage"])
+    os.makedirs(vocab_dir, exist_ok=True)
+    tmp = f"{settings_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+    os.replace(tmp, settings_path)
+    tokenizer.save(model_path)
+    _log.info("Trained vocabulary %s (V=%d)", model_path, tokenizer.vocab_size)
     return tokenizer
-  tokenizer = train_sentencepiece(texts_fn(), vocab_size=settings["vocab_size"],
-                                  model_type=settings["model_type"],
-                                  character_coverage=settings["character_coverage"])
-  os.makedirs(vocab_dir, exist_ok=True)
-  tmp = f"{settings_path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(settings, f, indent=2, sort_keys=True)
-  os.replace(tmp, settings_path)
-  tokenizer.save(model_path)
-  _log.info("Trained vocabulary %s (V=%d)", model_path, tokenizer.vocab_size)
-  return tokenizer
 
 
 def load_or_train_tokenizers(vocab_dir: str, *, shared: bool, vocab_size: int, model_type: str,
                              character_coverage: float, dataset_id: str,
                              source_texts: Callable[[], Iterable[str]],
                              target_texts: Callable[[], Iterable[str]]) -> Tokenizers:
-  """Loads the vocabularies in `vocab_dir`, training (and saving) the missing ones.
+    """Loads the vocabularies in `vocab_dir`, training (and saving) the missing ones.
 
-  Args:
-    vocab_dir: directory of `<role>.model` / `<role>.json`.
-    shared: one vocabulary trained on sources and targets together, or one per side.
-    vocab_size: requested size per vocabulary (soft limit, see `train_sentencepiece`).
-    model_type: "unigram" or "bpe".
-    character_coverage: SentencePiece character coverage (1.0 for small alphabets).
-    dataset_id: names the training data; recorded so that a vocabulary is not silently
-      reused for another dataset or direction.
-    source_texts: returns the source sentences to train on (called only when training).
-    target_texts: same for targets.
+    Args:
+      vocab_dir: directory of `<role>.model` / `<role>.json`.
+      shared: one vocabulary trained on sources and targets together, or one per side.
+      vocab_size: requested size per vocabulary (soft limit, see `train_sentencepiece`).
+      model_type: "unigram" or "bpe".
+      character_coverage: SentencePiece character coverage (1.0 for small alphabets).
+      dataset_id: names the training data; recorded so that a vocabulary is not silently
+        reused for another dataset or direction.
+      source_texts: returns the source sentences to train on (called only when training).
+      target_texts: same for targets.
 
-  Returns:
-    The tokenizers (`source is target` when shared).
-  """
-  settings = {"vocab_size": int(vocab_size), "model_type": model_type,
-              "character_coverage": float(character_coverage), "dataset": dataset_id}
-  if shared:
-    tok = _load_or_train(vocab_dir, "shared", settings,
-                         lambda: [*source_texts(), *target_texts()])
-    return Tokenizers(tok, tok)
-  return Tokenizers(_load_or_train(vocab_dir, "source", settings, source_texts),
-                    _load_or_train(vocab_dir, "target", settings, target_texts))
+    Returns:
+      The tokenizers (`source is target` when shared).
+    """
+    settings = {"vocab_size": int(vocab_size), "model_type": model_type,
+                "character_coverage": float(character_coverage), "dataset": dataset_id}
+    if shared:
+        tok = _load_or_train(vocab_dir, "shared", settings,
+                             lambda: [*source_texts(), *target_texts()])
+        return Tokenizers(tok, tok)
+    return Tokenizers(_load_or_train(vocab_dir, "source", settings, source_texts),
+                      _load_or_train(vocab_dir, "target", settings, target_texts))
 
 
 def load_tokenizers(vocab_dir: str, *, shared: bool) -> Tokenizers:
-  """The vocabularies a training run saved in `vocab_dir` (e.g. for translating later).
+    """The vocabularies a training run saved in `vocab_dir` (e.g. for translating later).
 
-  Raises:
-    ValueError: if a `.model` file is missing.
-  """
-  roles = ("shared",) if shared else ("source", "target")
-  paths = [os.path.join(vocab_dir, f"{role}.model") for role in roles]
-  for path in paths:
-    if not os.path.exists(path):
-      raise ValueError(f"vocab_dir: missing vocabulary file {path}; train in this workdir first")
-  tokenizers = [Tokenizer.load(path) for path in paths]
-  return Tokenizers(tokenizers[0], tokenizers[-1])
+    Raises:
+      ValueError: if a `.model` file is missing.
+    """
+    roles = ("shared",) if shared else ("source", "target")
+    paths = [os.path.join(vocab_dir, f"{role}.model") for role in roles]
+    for path in paths:
+        if not os.path.exists(path):
+            raise ValueError(f"vocab_dir: missing vocabulary file {path}; train in this workdir first")
+    tokenizers = [Tokenizer.load(path) for path in paths]
+    return Tokenizers(tokenizers[0], tokenizers[-1])
