@@ -1,4 +1,5 @@
 """TFDS catalog datasets (mocked, offline) and a user's TSV / aligned-text corpus."""
+import collections
 import logging
 
 import numpy as np
@@ -128,3 +129,11 @@ def test_misaligned_text_files_rejected(tmp_path):
                                     data_dir=str(tmp_path / "tfds"))
     with pytest.raises(ValueError, match="equal line counts"):
         builder.download_and_prepare(file_format="array_record")
+
+
+def test_byte_order_mark_and_crlf_are_not_text(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbfeins\tone\r\nzwei\ttwo\r\n")
+    skipped = collections.Counter()
+    assert list(corpus.read_pairs([str(tsv)], skipped)) == [(0, "eins", "one"), (1, "zwei", "two")]
+    assert not skipped

@@ -220,12 +220,14 @@ class BucketBatchIterDataset(_PoolBatchIterDataset):
 
     def __init__(self, parent: grain.IterDataset, *, lengths: Sequence[int], rows: Sequence[int],
                  pool_size: int, seed: int):
-        """Args:
-          parent: chunks (lists) of examples with 1-d "inputs", "targets" (<= lengths[-1] long).
-          lengths: ascending bucket lengths.
-          rows: rows per batch of each bucket.
-          pool_size: pairs bucketed together (larger: fewer part-filled batches, slower restore).
-          seed: seed of the batch order within a pool.
+        """Builds the dataset.
+
+        Args:
+            parent: chunks (lists) of examples with 1-d "inputs", "targets" (<= lengths[-1] long).
+            lengths: ascending bucket lengths.
+            rows: rows per batch of each bucket.
+            pool_size: pairs bucketed together (larger: fewer part-filled batches, slower restore).
+            seed: seed of the batch order within a pool.
         """
         super().__init__(parent, pool_size=pool_size, seed=seed)
         if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < 1:
@@ -271,8 +273,8 @@ def eval_batches(examples: Sequence[dict[str, np.ndarray]], *, lengths: Sequence
     """Length-sorted [batch_size, L] batches of all `examples` (L from `lengths`), in memory.
 
     Returns:
-      Batches {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}:
-      `example_index` is the position in `examples` of each row, -1 for all-zero padding rows.
+        Batches {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}:
+        `example_index` is the position in `examples` of each row, -1 for all-zero padding rows.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: got {batch_size}, expected >= 1")

@@ -50,8 +50,8 @@ def split_sources(builder: tfds.core.DatasetBuilder, splits: Sequence[str]
     known = list(builder.info.splits.keys())
     sources = {}
     for split in splits:
-        base = split.split("[")[0]
-        if known and base not in known:
+        bases = [part.split("[")[0] for part in split.split("+")]  # "train[:90%]+validation"
+        if known and any(base not in known for base in bases):
             raise ValueError(f"split: got {split!r}, expected one of {known} for {builder.name}")
         try:
             sources[split] = builder.as_data_source(split=split)

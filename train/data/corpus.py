@@ -28,7 +28,8 @@ _log = logging.getLogger(__name__)
 
 def _lines(path: str) -> list[bytes]:
     with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+        content = f.read()
+    lines = content.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # UTF-8 byte order mark
     if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
     return lines
@@ -39,8 +40,8 @@ def read_pairs(files: Sequence[str], skipped: collections.Counter
     """Yields (line number, source, target) of usable lines; counts the others in `skipped`.
 
     Args:
-      files: (tsv_path,) with "source<TAB>target" lines, or (source_path, target_path).
-      skipped: incremented per reason: "columns", "empty", "utf8".
+        files: (tsv_path,) with "source<TAB>target" lines, or (source_path, target_path).
+        skipped: incremented per reason: "columns", "empty", "utf8".
     """
     if len(files) == 1:
         columns = (raw.split(b"\t") for raw in _lines(files[0]))
@@ -83,10 +84,10 @@ class ParallelCorpusConfig(tfds.core.BuilderConfig):
     """Files of one corpus.
 
     Attributes:
-      train_files: (tsv,) or (source, target) paths of the training pairs.
-      eval_files: the same for the "validation" split; () for none.
-      eval_holdout: when `eval_files` is empty, this many training pairs (a seeded choice) form
-        "validation" instead of "train".
+        train_files: (tsv,) or (source, target) paths of the training pairs.
+        eval_files: the same for the "validation" split; () for none.
+        eval_holdout: when `eval_files` is empty, this many training pairs (a seeded choice) form
+            "validation" instead of "train".
     """
 
     train_files: tuple[str, ...] = ()
@@ -150,10 +151,10 @@ def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
     """The (not yet prepared) builder of a corpus, named after the content of its files.
 
     Args:
-      train_files: (tsv,) or (source, target) paths.
-      eval_files: (tsv,), (source, target) or () for no separate validation file.
-      eval_holdout: validation pairs held out of training when `eval_files` is empty.
-      data_dir: TFDS data dir of the prepared copy (None: the TFDS default).
+        train_files: (tsv,) or (source, target) paths.
+        eval_files: (tsv,), (source, target) or () for no separate validation file.
+        eval_holdout: validation pairs held out of training when `eval_files` is empty.
+        data_dir: TFDS data dir of the prepared copy (None: the TFDS default).
     """
     for arg, files in (("train_files", train_files), ("eval_files", eval_files)):
         if len(files) not in ((1, 2) if arg == "train_files" else (0, 1, 2)):

@@ -61,14 +61,14 @@ class NumberWordsConfig(tfds.core.BuilderConfig):
     """A number range, split sizes and sampling scheme.
 
     Attributes:
-      low: smallest number (inclusive).
-      high: largest number (exclusive).
-      num_train: training pairs.
-      num_validation: validation pairs.
-      num_test: test pairs.
-      sampling: "uniform" over [low, high), or "digits" (equal share per digit count).
-      seed: seed of the number draw; a different seed is a different dataset.
-      normalize: lower-case, hyphens and commas -> spaces.
+        low: smallest number (inclusive).
+        high: largest number (exclusive).
+        num_train: training pairs.
+        num_validation: validation pairs.
+        num_test: test pairs.
+        sampling: "uniform" over [low, high), or "digits" (equal share per digit count).
+        seed: seed of the number draw; a different seed is a different dataset.
+        normalize: lower-case, hyphens and commas -> spaces.
     """
 
     low: int = 0
@@ -100,7 +100,7 @@ def sample_split_numbers(config: NumberWordsConfig) -> dict[str, np.ndarray]:
     """Draws the numbers of every split; disjoint by construction, a function of `config`.
 
     Returns:
-      {"train": [num_train] int64, "validation": [num_validation], "test": [num_test]}.
+        {"train": [num_train] int64, "validation": [num_validation], "test": [num_test]}.
     """
     if config.sampling not in _SAMPLINGS:
         raise ValueError(f"sampling: got {config.sampling!r}, expected one of {_SAMPLINGS}")

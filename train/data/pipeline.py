@@ -39,9 +39,9 @@ class EvalSet:
     """One eval split, in memory.
 
     Attributes:
-      pairs: (source_text, target_text) per example; the references for BLEU / exact match.
-      batches: {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}; row r of
-        a batch is pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
+        pairs: (source_text, target_text) per example; the references for BLEU / exact match.
+        batches: {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}; row r of
+            a batch is pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
     """
 
     pairs: list[tuple[str, str]]
@@ -53,12 +53,12 @@ class Datasets:
     """What `make_datasets` returns.
 
     Attributes:
-      train: `iter(train)` is a grain DatasetIterator of numpy batches (API.md format) with
-        `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
-      eval: {split: EvalSet} for `config.eval_splits`.
-      tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
-      batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
-      num_train_examples: training pairs of this process's slice (before the length policy).
+        train: `iter(train)` is a grain DatasetIterator of numpy batches (API.md format) with
+            `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
+        eval: {split: EvalSet} for `config.eval_splits`.
+        tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
+        batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
+        num_train_examples: training pairs of this process's slice (before the length policy).
     """
 
     train: grain.IterDataset
@@ -77,7 +77,7 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
     """Prepares `config.dataset` and opens `splits`.
 
     Returns:
-      ({split: random-access source of records}, source key, target key, dataset id).
+        ({split: random-access source of records}, source key, target key, dataset id).
     """
     data_dir = config.data_dir or None
     if config.dataset == TSV:
@@ -191,13 +191,13 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     """Builds or loads data and vocabulary; returns the training stream and eval sets.
 
     Args:
-      config: `config.data` (fields in `default_data_config`).
-      workdir: run directory; the vocabulary is kept in `<workdir>/vocab/`.
-      process_index: this host's index (default `jax.process_index()`).
-      process_count: number of hosts (default `jax.process_count()`).
+        config: `config.data` (fields in `default_data_config`).
+        workdir: run directory; the vocabulary is kept in `<workdir>/vocab/`.
+        process_index: this host's index (default `jax.process_index()`).
+        process_count: number of hosts (default `jax.process_count()`).
 
     Returns:
-      `Datasets`; see its docstring and API.md for the batch format.
+        `Datasets`; see its docstring and API.md for the batch format.
     """
     _validate(config)
     if process_index is None or process_count is None:

@@ -185,18 +185,18 @@ def load_or_train_tokenizers(vocab_dir: str, *, shared: bool, vocab_size: int, m
     """Loads the vocabularies in `vocab_dir`, training (and saving) the missing ones.
 
     Args:
-      vocab_dir: directory of `<role>.model` / `<role>.json`.
-      shared: one vocabulary trained on sources and targets together, or one per side.
-      vocab_size: requested size per vocabulary (soft limit, see `train_sentencepiece`).
-      model_type: "unigram" or "bpe".
-      character_coverage: SentencePiece character coverage (1.0 for small alphabets).
-      dataset_id: names the training data; recorded so that a vocabulary is not silently
-        reused for another dataset or direction.
-      source_texts: returns the source sentences to train on (called only when training).
-      target_texts: same for targets.
+        vocab_dir: directory of `<role>.model` / `<role>.json`.
+        shared: one vocabulary trained on sources and targets together, or one per side.
+        vocab_size: requested size per vocabulary (soft limit, see `train_sentencepiece`).
+        model_type: "unigram" or "bpe".
+        character_coverage: SentencePiece character coverage (1.0 for small alphabets).
+        dataset_id: names the training data; recorded so that a vocabulary is not silently
+            reused for another dataset or direction.
+        source_texts: returns the source sentences to train on (called only when training).
+        target_texts: same for targets.
 
     Returns:
-      The tokenizers (`source is target` when shared).
+        The tokenizers (`source is target` when shared).
     """
     settings = {"vocab_size": int(vocab_size), "model_type": model_type,
                 "character_coverage": float(character_coverage), "dataset": dataset_id}
@@ -212,7 +212,7 @@ def load_tokenizers(vocab_dir: str, *, shared: bool) -> Tokenizers:
     """The vocabularies a training run saved in `vocab_dir` (e.g. for translating later).
 
     Raises:
-      ValueError: if a `.model` file is missing.
+        ValueError: if a `.model` file is missing.
     """
     roles = ("shared",) if shared else ("source", "target")
     paths = [os.path.join(vocab_dir, f"{role}.model") for role in roles]
