@@ -1,0 +1,174 @@
+"""RNN encoder-decoder: the fixed-context baseline, Bahdanau and Luong attention.
+
+Sutskever et al. 2014 / Cho et al. 2014 ("none"), Bahdanau et al. 2014
+("bahdanau", eq. 4-6) and Luong et al. 2015 ("luong", §3.1 eq. 5-8, input feeding
+§3.3), chosen by `RNNConfig.attention`. Teacher forcing runs the decoder step as
+one compiled `nn.scan`; scheduled sampling (Bengio et al. 2015) feeds, with
+probability `sampling_prob` (a traced scalar, so a schedule never recompiles),
+a token sampled from the model's previous output instead of the gold one.
+
+Trainer-facing interface (shared with `Transformer`, see `jaxattn.models`):
+`__call__`, `encode`, `decode`, `init_cache`, `decode_step`.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxattn import _checks
+from jaxattn.models.configs import RNNConfig
+from jaxattn.models.rnn_decoder import DecoderCell, needs_projected_keys
+from jaxattn.models.rnn_encoder import Bridge, RNNEncoder
+from jaxattn.models.teacher_forcing import shift_right
+
+__all__ = ["RNNSeq2Seq"]
+
+_PACKED_KEYS = ("inputs_segmentation", "targets_segmentation", "inputs_positions",
+                "targets_positions")
+
+
+def _scan_body(cell, carry, xs, memory, *, train):
+    return cell(carry, xs, memory, train=train)
+
+
+class RNNSeq2Seq(nn.Module):
+    """RNN encoder-decoder with optional attention.
+
+    Attributes:
+      config: `RNNConfig`.
+    """
+
+    config: RNNConfig
+
+    def setup(self):
+        cfg = self.config
+        self.encoder = RNNEncoder(cfg)
+        self.bridge = Bridge(cfg)
+        if needs_projected_keys(cfg):
+            self.key_projection = nn.Dense(cfg.attn_dim, use_bias=False, dtype=cfg.dtype,
+                                           param_dtype=cfg.param_dtype)  # U (eq. 6)
+        self.cell = DecoderCell(cfg)
+
+    def __call__(self, inputs, targets, *, train: bool = False, sampling_prob=None,
+                 **packed):
+        """Teacher-forced forward pass.
+
+        Args:
+          inputs: [B, S] int source ids (0-padded).
+          targets: [B, T] int target ids (0-padded, eos-terminated); the decoder
+            reads `shift_right(targets)` with <sos> in front.
+          train: enables dropout ("dropout" rng).
+          sampling_prob: None (pure teacher forcing) or a float scalar (may be
+            traced): per position, the probability of feeding a token sampled
+            from the model instead of the gold one (needs a "sampling" rng).
+          **packed: packed-batch keys; RNNs do not support packing, so passing a
+            non-None value raises.
+
+        Returns:
+          [B, T, V] float32 logits.
+        """
+        for name, value in packed.items():
+            if name not in _PACKED_KEYS:
+                raise TypeError(f"RNNSeq2Seq got an unexpected keyword argument {name!r}")
+            if value is not None:
+                raise ValueError(f"{name}: packed batches are not supported by the RNN models "
+                                 f"(use unpacked batches), got shape {_checks.fmt(value.shape)}")
+        encoded = self.encode(inputs, train=train)
+        return self.decode(encoded, targets, train=train, sampling_prob=sampling_prob)
+
+    def encode(self, inputs, *, train: bool = False):
+        """Encodes a source batch once per sentence.
+
+        Args:
+          inputs: [B, S] int source ids.
+          train: enables dropout.
+
+        Returns:
+          A dict pytree whose leaves all lead with B: "values" [B, S, De],
+          "valid" [B, S], optional "keys" [B, S, A] / "context" [B, De], and the
+          decoder's initial "rnn" carries.
+        """
+        _checks.check_rank(inputs, "inputs", "BS")
+        _checks.check_int(inputs, "inputs")
+        cfg = self.config
+        values, finals, valid = self.encoder(inputs, train=train)  # [B, S, De]
+        encoded = {"values": values, "valid": valid, "rnn": self.bridge(finals)}
+        if needs_projected_keys(cfg):
+            encoded["keys"] = self.key_projection(values)  # [B, S, A]
+        if cfg.attention == "none":
+            encoded["context"] = RNNEncoder.summary(finals, cfg.bidirectional)  # [B, De]
+        return encoded
+
+    def init_cache(self, encoded, max_len: int):
+        """Splits `encoded` into per-sentence memory and the step-0 decoder state.
+
+        Args:
+          encoded: the output of `encode`.
+          max_len: unused by RNNs (kept for the shared interface).
+
+        Returns:
+          (memory, state): memory is constant during decoding; state is what
+          `decode_step` updates (and what beam search reorders).
+        """
+        del max_len
+        memory = {k: v for k, v in encoded.items() if k != "rnn"}
+        state = {"rnn": encoded["rnn"]}
+        if self.config.attention == "luong":
+            batch = encoded["values"].shape[0]
+            state["feed"] = jnp.zeros((batch, self.config.dec_hidden), jnp.float32)  # [B, Dh]
+        return memory, state
+
+    def decode_step(self, memory, state, tokens, index):
+        """One decoding step.
+
+        Args:
+          memory, state: from `init_cache` (or the previous step).
+          tokens: [B] int previous tokens y_{t-1} (<sos> at step 0).
+          index: scalar int step t (unused by RNNs).
+
+        Returns:
+          (logits [B, V] float32, new state).
+        """
+        del index
+        _checks.check_rank(tokens, "tokens", "B")
+        state, (logits, _) = self.cell(state, {"token": tokens}, memory)
+        return logits, state
+
+    def decode(self, encoded, targets, *, train: bool = False, sampling_prob=None):
+        """Teacher-forced decoder over a whole target batch (one compiled scan).
+
+        Args:
+          encoded: the output of `encode`.
+          targets: [B, T] int target ids.
+          train: enables dropout.
+          sampling_prob: see `__call__`.
+
+        Returns:
+          [B, T, V] float32 logits; with `config.capture_attention`, the
+          alignments [B, T, S] are sown as intermediates "alignment" (not for "none").
+        """
+        cfg = self.config
+        b, t = _checks.check_rank(targets, "targets", "BT")
+        _checks.check_int(targets, "targets")
+        _checks.check_shape(encoded["values"], "encoded['values']", (b, None, None), "BSD")
+        memory, carry = self.init_cache(encoded, t)
+        decoder_inputs = shift_right(targets, cfg.bos_id)  # [B, T]
+        xs = {"token": decoder_inputs.T}  # [T, B]
+        if sampling_prob is not None:
+            coin_rng, sample_rng = jax.random.split(self.make_rng("sampling"))
+            coins = jax.random.uniform(coin_rng, (t, b))  # [T, B]
+            # Step 0 reads <sos>: there is no previous prediction to feed.
+            first = (jnp.arange(t) == 0)[:, None]  # [T, 1]
+            xs["use_model"] = (coins < sampling_prob) & ~first  # [T, B]
+            xs["key"] = jax.random.split(sample_rng, t)  # [T] keys
+            carry["logits"] = jnp.zeros((b, cfg.vocab_size), jnp.float32)  # [B, V]
+        scan = nn.scan(functools.partial(_scan_body, train=train), variable_broadcast="params",
+                       split_rngs={"params": False, "dropout": True},
+                       in_axes=(0, nn.broadcast), out_axes=0)
+        _, (logits, weights) = scan(self.cell, carry, xs, memory)  # [T, B, V]
+        if cfg.capture_attention and weights is not None:
+            self.sow("intermediates", "alignment", jnp.swapaxes(weights, 0, 1))  # [B, T, S]
+        return jnp.swapaxes(logits, 0, 1)  # [B, T, V]

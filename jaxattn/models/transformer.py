@@ -1,0 +1,261 @@
+"""The Transformer encoder-decoder (Vaswani et al. 2017).
+
+Embeddings scaled by sqrt(D) plus positions (§3.4-3.5), N encoder layers and N
+decoder layers (§3.1, `transformer_layers`), optional shared source/target
+embeddings and output projection tied to the target embedding (§3.4), dropout on
+embeddings and residuals (§5.4). Packed batches use segment ids and per-segment
+positions (`jaxattn.segment_mask`).
+
+Trainer-facing interface (shared with `RNNSeq2Seq`, see `jaxattn.models`):
+`__call__`, `encode`, `decode`, `init_cache`, `decode_step`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxattn import _checks, masks
+from jaxattn.cache import init_kv_cache
+from jaxattn.models.configs import TransformerConfig
+from jaxattn.models.positional import PositionalEmbedding
+from jaxattn.models.teacher_forcing import shift_right
+from jaxattn.models.transformer_layers import DecoderLayer, EncoderLayer
+
+__all__ = ["Transformer", "collect_attention_weights"]
+
+
+def _default_positions(tokens):
+    b, t = tokens.shape
+    return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))  # [B, T]
+
+
+class Transformer(nn.Module):
+    """Transformer encoder-decoder.
+
+    Attributes:
+      config: `TransformerConfig`.
+    """
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        embed = lambda: nn.Embed(  # noqa: E731
+            cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            embedding_init=nn.initializers.normal(stddev=cfg.emb_dim ** -0.5))
+        self.target_embed = embed()
+        self.source_embed = self.target_embed if cfg.share_embeddings else embed()
+        self.positions = PositionalEmbedding(cfg.emb_dim, cfg.max_len, cfg.positional,
+                                             dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.encoder_layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+        self.decoder_layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        if cfg.norm == "pre":  # pre-LN stacks end with a LayerNorm (Xiong et al. 2020)
+            self.encoder_norm = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+            self.decoder_norm = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        if not cfg.tie_output:
+            self.output = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def _embed(self, table, tokens, positions, deterministic):
+        cfg = self.config
+        if cfg.positional == "learned" and tokens.shape[1] > cfg.max_len:
+            raise ValueError(f"tokens: length {tokens.shape[1]} exceeds "
+                             f"TransformerConfig.max_len={cfg.max_len} of learned positions")
+        x = table(tokens) * jnp.asarray(cfg.emb_dim ** 0.5, cfg.dtype)  # [B, T, D]
+        x = self.positions(x, positions)  # [B, T, D]
+        return self.dropout(x, deterministic=deterministic)
+
+    def _logits(self, y):
+        cfg = self.config
+        if cfg.tie_output:
+            logits = self.target_embed.attend(y)  # [B, T, V]
+        else:
+            logits = self.output(y)  # [B, T, V]
+        return logits.astype(jnp.float32)
+
+    # -- interface ----------------------------------------------------------------------
+
+    def __call__(self, inputs, targets, *, train: bool = False, sampling_prob=None,
+                 inputs_segmentation=None, targets_segmentation=None,
+                 inputs_positions=None, targets_positions=None):
+        """Teacher-forced forward pass.
+
+        Args:
+          inputs: [B, S] int source ids (0-padded).
+          targets: [B, T] int target ids (0-padded); the decoder reads
+            `shift_right(targets)` (<sos> at every segment start).
+          train: enables dropout ("dropout" rng).
+          sampling_prob: must be None (scheduled sampling is an RNN option).
+          inputs_segmentation, targets_segmentation: [B, S] / [B, T] int segment
+            ids of packed rows (1..n, 0 = pad), or None for unpacked batches.
+          inputs_positions, targets_positions: [B, S] / [B, T] int per-segment
+            positions, or None (0..len-1).
+
+        Returns:
+          [B, T, V] float32 logits.
+        """
+        if sampling_prob is not None:
+            raise ValueError("sampling_prob: scheduled sampling is implemented for the RNN "
+                             "models only; expected None for the Transformer")
+        encoded = self.encode(inputs, train=train, inputs_segmentation=inputs_segmentation,
+                              inputs_positions=inputs_positions)
+        return self.decode(encoded, targets, train=train,
+                           targets_segmentation=targets_segmentation,
+                           targets_positions=targets_positions)
+
+    def encode(self, inputs, *, train: bool = False, inputs_segmentation=None,
+               inputs_positions=None):
+        """Encoder stack.
+
+        Args:
+          inputs: [B, S] int source ids.
+          train: enables dropout.
+          inputs_segmentation, inputs_positions: packed-batch [B, S] ints or None.
+
+        Returns:
+          {"encoded": [B, S, D], "valid": [B, S] bool} (+ "segmentation" [B, S] if packed).
+        """
+        cfg = self.config
+        _checks.check_rank(inputs, "inputs", "BS")
+        _checks.check_int(inputs, "inputs")
+        valid = masks.padding_mask(inputs, cfg.pad_id)  # [B, S]
+        if inputs_segmentation is not None:
+            _checks.check_shape(inputs_segmentation, "inputs_segmentation", inputs.shape, "BS")
+            mask = masks.segment_mask(inputs_segmentation, inputs_segmentation)  # [B, 1, S, S]
+        else:
+            mask = masks.key_padding_mask(valid)  # [B, 1, 1, S]
+        if inputs_positions is None:
+            inputs_positions = _default_positions(inputs)
+        _checks.check_shape(inputs_positions, "inputs_positions", inputs.shape, "BS")
+        x = self._embed(self.source_embed, inputs, inputs_positions, not train)  # [B, S, D]
+        for layer in self.encoder_layers:
+            x = layer(x, mask, deterministic=not train)  # [B, S, D]
+        if cfg.norm == "pre":
+            x = self.encoder_norm(x)
+        encoded = {"encoded": x, "valid": valid}
+        if inputs_segmentation is not None:
+            encoded["segmentation"] = inputs_segmentation
+        return encoded
+
+    def decode(self, encoded, targets, *, train: bool = False, targets_segmentation=None,
+               targets_positions=None, sampling_prob=None):
+        """Teacher-forced decoder stack.
+
+        Args:
+          encoded: the output of `encode`.
+          targets: [B, T] int target ids.
+          train: enables dropout.
+          targets_segmentation, targets_positions: packed-batch [B, T] ints or None.
+          sampling_prob: must be None.
+
+        Returns:
+          [B, T, V] float32 logits. With `config.capture_attention`, every attention
+          sows "attention_weights" [B, N, T, S] (see `collect_attention_weights`).
+        """
+        cfg = self.config
+        if sampling_prob is not None:
+            raise ValueError("sampling_prob: expected None for the Transformer")
+        b, t = _checks.check_rank(targets, "targets", "BT")
+        _checks.check_int(targets, "targets")
+        _checks.check_shape(encoded["encoded"], "encoded['encoded']",
+                            (b, None, cfg.emb_dim), "BSD")
+        causal = masks.causal_mask(t)  # [1, 1, T, T]
+        if targets_segmentation is not None:
+            if "segmentation" not in encoded:
+                raise ValueError("targets_segmentation: given without inputs_segmentation; "
+                                 "packed batches need both")
+            _checks.check_shape(targets_segmentation, "targets_segmentation", targets.shape, "BT")
+            self_mask = masks.combine_masks(
+                causal, masks.segment_mask(targets_segmentation, targets_segmentation))  # [B, 1, T, T]
+            cross_mask = masks.segment_mask(targets_segmentation,
+                                            encoded["segmentation"])  # [B, 1, T, S]
+        else:
+            self_mask = causal
+            cross_mask = masks.key_padding_mask(encoded["valid"])  # [B, 1, 1, S]
+        if targets_positions is None:
+            targets_positions = _default_positions(targets)
+        _checks.check_shape(targets_positions, "targets_positions", targets.shape, "BT")
+        decoder_inputs = shift_right(targets, cfg.bos_id, targets_segmentation)  # [B, T]
+        y = self._embed(self.target_embed, decoder_inputs, targets_positions, not train)  # [B, T, D]
+        for layer in self.decoder_layers:
+            y = layer(y, encoded["encoded"], self_mask, cross_mask, deterministic=not train)
+        if cfg.norm == "pre":
+            y = self.decoder_norm(y)
+        return self._logits(y)  # [B, T, V]
+
+    def init_cache(self, encoded, max_len: int):
+        """Projects cross-attention keys/values once and allocates the self-attention caches.
+
+        Args:
+          encoded: the output of `encode` (unpacked).
+          max_len: L, the most decoding steps.
+
+        Returns:
+          (memory, state): memory {"cross": per layer {"key", "value"} [B, S, K, H],
+          "cross_mask": [B, 1, 1, S]} is constant; state {"self": per layer
+          {"key", "value"} [B, L, K, H]} is updated by `decode_step`.
+        """
+        cfg = self.config
+        if cfg.positional == "learned" and max_len > cfg.max_len:
+            raise ValueError(f"max_len: {max_len} exceeds TransformerConfig.max_len="
+                             f"{cfg.max_len} of learned positions")
+        x = encoded["encoded"]  # [B, S, D]
+        memory = {
+            "cross": tuple(layer.project_memory(x) for layer in self.decoder_layers),
+            "cross_mask": masks.key_padding_mask(encoded["valid"]),  # [B, 1, 1, S]
+        }
+        state = {"self": tuple(
+            init_kv_cache(x.shape[0], max_len, cfg.kv_heads, cfg.head_dim, cfg.dtype)
+            for _ in self.decoder_layers)}
+        return memory, state
+
+    def decode_step(self, memory, state, tokens, index):
+        """One cached decoding step at position `index`.
+
+        Args:
+          memory, state: from `init_cache` (or the previous step).
+          tokens: [B] int previous tokens (<sos> at step 0).
+          index: int scalar (may be traced), the position being decoded.
+
+        Returns:
+          (logits [B, V] float32, new state).
+        """
+        cfg = self.config
+        (b,) = _checks.check_rank(tokens, "tokens", "B")
+        positions = jnp.full((b, 1), index, jnp.int32)  # [B, 1]
+        y = self._embed(self.target_embed, tokens[:, None], positions, True)  # [B, 1, D]
+        caches = []
+        for layer, cache, cross in zip(self.decoder_layers, state["self"], memory["cross"]):
+            y, cache = layer.step(y, cache, cross, memory["cross_mask"], index)  # [B, 1, D]
+            caches.append(cache)
+        if cfg.norm == "pre":
+            y = self.decoder_norm(y)
+        return self._logits(y)[:, 0], {"self": tuple(caches)}  # [B, V]
+
+
+def collect_attention_weights(intermediates):
+    """Stacks sown Transformer attention weights per kind for plotting.
+
+    Args:
+      intermediates: the "intermediates" collection returned by
+        `model.apply(..., mutable=["intermediates"])` with `capture_attention=True`.
+
+    Returns:
+      {"encoder_self": [L, B, N, S, S], "decoder_self": [L, B, N, T, T],
+       "cross": [L, B, N, T, S]} (kinds absent from `intermediates` are left out).
+    """
+    kinds = {"encoder_self": ("encoder_layers", "self_attention"),
+             "decoder_self": ("decoder_layers", "self_attention"),
+             "cross": ("decoder_layers", "cross_attention")}
+    out = {}
+    for kind, (stack, attention) in kinds.items():
+        layers = sorted((k for k in intermediates if k.startswith(stack + "_")),
+                        key=lambda k: int(k.rsplit("_", 1)[1]))
+        weights = [intermediates[k][attention]["attention_weights"][0] for k in layers
+                   if attention in intermediates[k]]
+        if weights:
+            out[kind] = jnp.stack(weights)  # [L, B, N, T, S]
+    return out

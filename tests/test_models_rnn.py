@@ -1,0 +1,195 @@
+"""RNN encoder-decoder family: shapes, causality, padding, cached steps, scheduled
+sampling, bf16, overfitting, errors."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxattn.models import RNNConfig, build_model
+
+V = 13
+VARIANTS = {
+    "none-lstm-bi": dict(attention="none", cell="lstm", bidirectional=True),
+    "bahdanau-gru-bi": dict(attention="bahdanau", cell="gru", bidirectional=True),
+    "luong-dot-lstm": dict(attention="luong", score="dot", cell="lstm", bidirectional=False,
+                           num_layers=2),
+    "luong-general-gru-bi": dict(attention="luong", score="general", cell="gru"),
+    "luong-concat-gru-bi": dict(attention="luong", score="concat", cell="gru",
+                                decoder_hidden_size=24),
+}
+# Variants every property test runs on (each adds compile time); the overfit test
+# covers the remaining one.
+PROPERTY_VARIANTS = ["none-lstm-bi", "bahdanau-gru-bi", "luong-dot-lstm", "luong-concat-gru-bi"]
+
+
+def _config(name, **overrides):
+    fields = dict(embed_dim=16, hidden_size=16, attention_dim=20, dropout_rate=0.0)
+    return RNNConfig(vocab_size=V, **{**fields, **VARIANTS[name], **overrides})
+
+
+def _batch():
+    # B, S, T = 3, 7, 5 (distinct so a swapped axis cannot pass).
+    inputs = np.array([[5, 6, 7, 8, 9, 4, 3],
+                       [4, 5, 3, 0, 0, 0, 0],
+                       [9, 8, 7, 3, 0, 0, 0]], np.int32)
+    targets = np.array([[6, 7, 8, 9, 3],
+                        [5, 3, 0, 0, 0],
+                        [7, 8, 3, 0, 0]], np.int32)
+    return jnp.asarray(inputs), jnp.asarray(targets)
+
+
+class Jitted:
+    """One compiled function per method and shape, shared by the tests of a variant."""
+
+    def __init__(self, model):
+        self.forward = jax.jit(model.apply)
+        self.encode = jax.jit(lambda v, x: model.apply(v, x, method="encode"))
+        self.step = jax.jit(lambda v, m, s, tok, i: model.apply(v, m, s, tok, i,
+                                                                method="decode_step"))
+
+
+@pytest.fixture(scope="module", params=PROPERTY_VARIANTS)
+def setup(request):
+    config = _config(request.param)
+    model = build_model(config)
+    inputs, targets = _batch()
+    variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
+    return config, model, variables, Jitted(model)
+
+
+def test_shapes_and_alignment(setup):
+    config, model, variables, jitted = setup
+    inputs, targets = _batch()
+    logits = jitted.forward(variables, inputs, targets)
+    chex.assert_shape(logits, (3, 5, V))
+    chex.assert_type(logits, jnp.float32)
+    capture = build_model(config.replace(capture_attention=True))
+    _, state = capture.apply(variables, inputs, targets, mutable=["intermediates"])
+    if config.attention == "none":
+        assert "intermediates" not in state or not state["intermediates"]
+        return
+    (alignment,) = state["intermediates"]["alignment"]
+    chex.assert_shape(alignment, (3, 5, 7))
+    valid = np.asarray(inputs != 0)
+    np.testing.assert_allclose(alignment.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.asarray(alignment)[~np.broadcast_to(valid[:, None, :], alignment.shape)] == 0)
+    # The default path sows nothing.
+    _, state = model.apply(variables, inputs, targets, mutable=["intermediates"])
+    assert not state.get("intermediates")
+
+
+def test_decoder_is_causal(setup):
+    _, _, variables, jitted = setup
+    inputs, targets = _batch()
+    changed = targets.at[:, 3:].set(11)
+    a = jitted.forward(variables, inputs, targets)
+    b = jitted.forward(variables, inputs, changed)
+    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-6)  # position 3 reads targets[2]
+    assert not np.allclose(a[:, 4], b[:, 4])
+
+
+def test_extra_source_padding_changes_nothing(setup):
+    _, _, variables, jitted = setup
+    inputs, targets = _batch()
+    padded = jnp.pad(inputs, ((0, 0), (0, 4)))
+    np.testing.assert_allclose(jitted.forward(variables, padded, targets),
+                               jitted.forward(variables, inputs, targets), atol=1e-5)
+
+
+def test_decode_step_matches_teacher_forcing(setup):
+    _, model, variables, jitted = setup
+    inputs, targets = _batch()
+    full = jitted.forward(variables, inputs, targets)
+    encoded = jitted.encode(variables, inputs)
+    memory, state = model.apply(variables, encoded, 5, method="init_cache")
+    previous = jnp.full((3,), 2, jnp.int32)
+    for t in range(5):
+        logits, state = jitted.step(variables, memory, state, previous, jnp.int32(t))
+        chex.assert_shape(logits, (3, V))
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+        previous = targets[:, t]
+
+
+def test_scheduled_sampling(setup):
+    _, model, variables, jitted = setup
+    inputs, targets = _batch()
+    forced = jitted.forward(variables, inputs, targets)
+    apply = jax.jit(lambda p, rng: model.apply(variables, inputs, targets, sampling_prob=p,
+                                               rngs={"sampling": rng}))
+    zero = apply(0.0, jax.random.key(1))
+    np.testing.assert_allclose(zero, forced, atol=1e-6)
+    one = apply(1.0, jax.random.key(1))  # same compiled function: p is traced
+    np.testing.assert_allclose(one[:, 0], forced[:, 0], atol=1e-6)  # step 0 always reads <sos>
+    assert not np.allclose(one, forced, atol=1e-3)
+    assert apply._cache_size() == 1
+
+
+def test_bf16_compute_is_finite():
+    config = _config("bahdanau-gru-bi", dtype=jnp.bfloat16)
+    model = build_model(config)
+    inputs, targets = _batch()
+    variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    logits = jax.jit(model.apply)(variables, inputs, targets)
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+
+
+def _overfit(model, steps, lr=3e-2):
+    inputs, targets = _batch()
+    variables = model.init(jax.random.key(0), inputs, targets)
+    optimizer = optax.adam(lr)
+    opt_state = optimizer.init(variables)
+    weights = (targets != 0).astype(jnp.float32)
+
+    def loss_fn(v):
+        logits = model.apply(v, inputs, targets)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        return jnp.sum(losses * weights) / jnp.sum(weights)
+
+    @jax.jit
+    def train(variables, opt_state):
+        def step(carry, _):
+            v, s = carry
+            loss, grads = jax.value_and_grad(loss_fn)(v)
+            updates, s = optimizer.update(grads, s)
+            return (optax.apply_updates(v, updates), s), loss
+        return jax.lax.scan(step, (variables, opt_state), None, length=steps)
+
+    _, losses = train(variables, opt_state)
+    return float(losses[0]), float(losses[-1])
+
+
+@pytest.mark.parametrize("name", ["none-lstm-bi", "bahdanau-gru-bi", "luong-general-gru-bi"])
+def test_overfits_tiny_batch(name):
+    first, last = _overfit(build_model(_config(name)), steps=120)
+    assert first > 2.0
+    assert last < 0.05, (first, last)
+
+
+def test_packed_batches_are_rejected(setup):
+    _, model, variables, _ = setup
+    inputs, targets = _batch()
+    with pytest.raises(ValueError, match="inputs_segmentation"):
+        model.apply(variables, inputs, targets, inputs_segmentation=jnp.ones_like(inputs))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("cell", "rnn", "RNNConfig.cell"),
+    ("attention", "local", "RNNConfig.attention"),
+    ("score", "bilinear", "RNNConfig.score"),
+    ("hidden_size", 0, "RNNConfig.hidden_size"),
+    ("dropout_rate", 1.0, "RNNConfig.dropout_rate"),
+    ("bos_id", 99, "RNNConfig.bos_id"),
+])
+def test_bad_config_raises(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        RNNConfig(vocab_size=V, **{field: value})
+
+
+def test_dot_score_needs_matching_sizes():
+    with pytest.raises(ValueError, match="decoder_hidden_size"):
+        RNNConfig(vocab_size=V, attention="luong", score="dot", hidden_size=8,
+                  decoder_hidden_size=12)

@@ -1,0 +1,203 @@
+"""Transformer: shapes and attention weights, causality, padding, packing, cached
+steps, GQA, bf16, overfitting, parameter count, errors."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxattn.models import (TransformerConfig, build_model, collect_attention_weights,
+                            count_params)
+
+V = 13
+VARIANTS = {
+    "post-sinusoidal-tied": dict(),
+    "pre-learned-gqa-untied": dict(norm="pre", positional="learned", num_kv_heads=2,
+                                   share_embeddings=False, tie_output=False),
+}
+
+
+def _config(name, **overrides):
+    fields = dict(emb_dim=16, num_heads=4, mlp_dim=24, num_encoder_layers=2,
+                  num_decoder_layers=2, max_len=32, dropout_rate=0.0)
+    return TransformerConfig(vocab_size=V, **{**fields, **VARIANTS[name], **overrides})
+
+
+def _batch():
+    inputs = np.array([[5, 6, 7, 8, 9, 4, 3],
+                       [4, 5, 3, 0, 0, 0, 0],
+                       [9, 8, 7, 3, 0, 0, 0]], np.int32)
+    targets = np.array([[6, 7, 8, 9, 3],
+                        [5, 3, 0, 0, 0],
+                        [7, 8, 3, 0, 0]], np.int32)
+    return jnp.asarray(inputs), jnp.asarray(targets)
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def setup(request):
+    config = _config(request.param)
+    model = build_model(config)
+    inputs, targets = _batch()
+    variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
+    return config, model, variables, jax.jit(model.apply)
+
+
+def test_shapes_and_attention_weights(setup):
+    config, model, variables, forward = setup
+    inputs, targets = _batch()
+    logits = forward(variables, inputs, targets)
+    chex.assert_shape(logits, (3, 5, V))
+    chex.assert_type(logits, jnp.float32)
+    capture = build_model(config.replace(capture_attention=True))
+    captured, state = capture.apply(variables, inputs, targets, mutable=["intermediates"])
+    np.testing.assert_allclose(captured, logits, atol=1e-5)
+    weights = collect_attention_weights(state["intermediates"])
+    chex.assert_shape(weights["encoder_self"], (2, 3, 4, 7, 7))
+    chex.assert_shape(weights["decoder_self"], (2, 3, 4, 5, 5))
+    chex.assert_shape(weights["cross"], (2, 3, 4, 5, 7))
+    src_pad = np.asarray(inputs == 0)[None, :, None, None, :]  # [1, B, 1, 1, S]
+    assert np.all(np.asarray(weights["cross"])[np.broadcast_to(src_pad, (2, 3, 4, 5, 7))] == 0)
+    future = np.triu(np.ones((5, 5), bool), k=1)
+    assert np.all(np.asarray(weights["decoder_self"])[..., future] == 0)
+    np.testing.assert_allclose(weights["cross"].sum(-1), 1.0, atol=1e-5)
+    _, state = model.apply(variables, inputs, targets, mutable=["intermediates"])
+    assert not state.get("intermediates")  # nothing computed on the default path
+
+
+def test_decoder_is_causal(setup):
+    _, _, variables, forward = setup
+    inputs, targets = _batch()
+    a = forward(variables, inputs, targets)
+    b = forward(variables, inputs, targets.at[:, 3:].set(11))
+    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-5)
+    assert not np.allclose(a[:, 4], b[:, 4])
+
+
+def test_extra_source_padding_changes_nothing(setup):
+    _, _, variables, forward = setup
+    inputs, targets = _batch()
+    padded = jnp.pad(inputs, ((0, 0), (0, 4)))
+    np.testing.assert_allclose(forward(variables, padded, targets),
+                               forward(variables, inputs, targets), atol=1e-5)
+
+
+def test_packed_rows_equal_separate_rows(setup):
+    _, _, variables, forward = setup
+    inputs, targets = _batch()
+    # Pack rows 1 and 2 (lengths 3+4 source, 2+3 target) into one row.
+    packed_inputs = jnp.asarray([[4, 5, 3, 9, 8, 7, 3, 0]], jnp.int32)
+    packed_targets = jnp.asarray([[5, 3, 7, 8, 3, 0]], jnp.int32)
+    logits = forward(
+        variables, packed_inputs, packed_targets,
+        inputs_segmentation=jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0]], jnp.int32),
+        targets_segmentation=jnp.asarray([[1, 1, 2, 2, 2, 0]], jnp.int32),
+        inputs_positions=jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0]], jnp.int32),
+        targets_positions=jnp.asarray([[0, 1, 0, 1, 2, 0]], jnp.int32))
+    separate = forward(variables, inputs, targets)
+    np.testing.assert_allclose(logits[0, :2], separate[1, :2], atol=1e-5)
+    np.testing.assert_allclose(logits[0, 2:5], separate[2, :3], atol=1e-5)
+
+
+def test_decode_step_matches_teacher_forcing(setup):
+    _, model, variables, forward = setup
+    inputs, targets = _batch()
+    full = forward(variables, inputs, targets)
+    encoded = model.apply(variables, inputs, method="encode")
+    memory, state = model.apply(variables, encoded, 6, method="init_cache")
+    step = jax.jit(lambda m, s, tok, i: model.apply(variables, m, s, tok, i,
+                                                    method="decode_step"))
+    previous = jnp.full((3,), 2, jnp.int32)
+    for t in range(5):
+        logits, state = step(memory, state, previous, jnp.int32(t))
+        chex.assert_shape(logits, (3, V))
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+        previous = targets[:, t]
+    assert step._cache_size() == 1  # one compiled step serves every position
+
+
+def test_dropout_is_applied_in_training_only():
+    config = _config("post-sinusoidal-tied", dropout_rate=0.3, attention_dropout_rate=0.2)
+    model = build_model(config)
+    inputs, targets = _batch()
+    variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
+    forward = jax.jit(model.apply, static_argnames="train")
+    a = forward(variables, inputs, targets, train=True, rngs={"dropout": jax.random.key(1)})
+    b = forward(variables, inputs, targets, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(forward(variables, inputs, targets),
+                               forward(variables, inputs, targets), atol=0)
+
+
+def test_bf16_compute_is_finite():
+    model = build_model(_config("pre-learned-gqa-untied", dtype=jnp.bfloat16))
+    inputs, targets = _batch()
+    variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    logits = jax.jit(model.apply)(variables, inputs, targets)
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+
+
+def test_overfits_tiny_batch():
+    model = build_model(_config("post-sinusoidal-tied", emb_dim=32, mlp_dim=64))
+    inputs, targets = _batch()
+    variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
+    optimizer = optax.adam(3e-3)
+    weights = (targets != 0).astype(jnp.float32)
+
+    def loss_fn(v):
+        logits = model.apply(v, inputs, targets)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        return jnp.sum(losses * weights) / jnp.sum(weights)
+
+    @jax.jit
+    def train(variables):
+        def step(carry, _):
+            v, s = carry
+            loss, grads = jax.value_and_grad(loss_fn)(v)
+            updates, s = optimizer.update(grads, s)
+            return (optax.apply_updates(v, updates), s), loss
+        return jax.lax.scan(step, (variables, optimizer.init(variables)), None, length=150)[1]
+
+    losses = train(variables)
+    assert losses[0] > 2.0
+    assert losses[-1] < 0.05, (losses[0], losses[-1])
+
+
+def test_base_parameter_count_matches_formula():
+    config = TransformerConfig.base(37_000)
+    model = build_model(config)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32),
+                            jnp.ones((1, 4), jnp.int32))
+    d, f, v = 512, 2048, 37_000
+    attention = 4 * (d * d + d)
+    ffn = d * f + f + f * d + d
+    norm = 2 * d
+    expected = v * d + 6 * (attention + ffn + 2 * norm) + 6 * (2 * attention + ffn + 3 * norm)
+    assert count_params(shapes["params"]) == expected  # about 63.1M (paper: ~65M)
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(emb_dim=30, num_heads=4), "num_heads"),
+    (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
+    (dict(norm="sandwich"), "TransformerConfig.norm"),
+    (dict(positional="rotary"), "TransformerConfig.positional"),
+    (dict(attention_implementation="flash"), "attention_implementation"),
+    (dict(mlp_dim=0), "TransformerConfig.mlp_dim"),
+])
+def test_bad_config_raises(fields, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig(vocab_size=V, **fields)
+
+
+def test_scheduled_sampling_is_rejected(setup):
+    _, model, variables, _ = setup
+    inputs, targets = _batch()
+    with pytest.raises(ValueError, match="sampling_prob"):
+        model.apply(variables, inputs, targets, sampling_prob=0.5)
+
+
+def test_build_model_rejects_unknown_config():
+    with pytest.raises(ValueError, match="config"):
+        build_model({"vocab_size": 3})
