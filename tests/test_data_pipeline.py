@@ -1,6 +1,8 @@
 """make_datasets end to end on the tiny number-words config: batches, packing, resume, hosts."""
 import collections
+import gc
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -204,3 +206,18 @@ def test_bad_config_one_line_errors(dirs, overrides, match):
     with pytest.raises(ValueError, match=match) as err:
         _make(dirs, **overrides)
     assert "\n" not in str(err.value)
+
+
+def test_prefetch_thread_stops_when_iterator_is_dropped(dirs):
+    ds = _make(dirs, num_epochs=0, prefetch_batches=2)
+    before = threading.active_count()
+    it = iter(ds.train)
+    next(it)
+    assert threading.active_count() > before
+    del it
+    gc.collect()
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() <= before

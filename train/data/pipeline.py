@@ -250,8 +250,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
         shapes = tuple(zip(rows, lengths))
     if config.prefetch_batches:
         # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
-        train = grain.experimental.ThreadPrefetchIterDataset(
-            train, prefetch_buffer_size=config.prefetch_batches)
+        train = batching.PrefetchIterDataset(train, buffer_size=config.prefetch_batches)
 
     eval_encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                           "truncate")
