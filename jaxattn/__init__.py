@@ -30,6 +30,7 @@ from jaxattn.attention import (
     weighted_context,
 )
 from jaxattn.cache import cached_attention, init_kv_cache, update_kv_cache
+from jaxattn.chunked import chunked_dot_product_attention
 from jaxattn.masks import (
     causal_mask,
     combine_masks,
@@ -81,6 +82,7 @@ __all__ = [
     "luong_attention",
     "dot_product_attention",
     "IMPLEMENTATIONS",
+    "chunked_dot_product_attention",
     # multi-head
     "init_multi_head_params",
     "project_heads",

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn import _checks
+from jaxattn.chunked import chunked_dot_product_attention
 from jaxattn.scores import additive_score, dot_score, scaled_dot_product_score
 from jaxattn.softmax import masked_softmax
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 # Accepted values of `dot_product_attention(..., implementation=...)`.
-IMPLEMENTATIONS = (None, "reference", "xla", "cudnn")
+IMPLEMENTATIONS = (None, "reference", "xla", "cudnn", "chunked")
 
 
 def weighted_context(weights, values):
@@ -222,6 +223,5 @@ def dot_product_attention(query, key, value, mask=None, bias=None, *, scale=None
             raise ValueError(
                 f"bias: the chunked implementation takes no bias, got shape "
                 f"{_checks.fmt(jnp.shape(bias))}; expected None")
-        from jaxattn.chunked import chunked_dot_product_attention  # noqa: PLC0415 (cycle)
         return chunked_dot_product_attention(query, key, value, mask=mask, scale=scale)
     return _fused(query, key, value, mask, bias, scale, implementation)
