@@ -10,7 +10,7 @@ Every batch has one of a few fixed shapes, so the jitted step compiles once per 
   masks targets == pad). The iterator's state is (parent state at the pool start, pool index,
   batches emitted), so restoring it re-reads the pool and yields exactly the batches that the
   saved run would have yielded next.
-* **Packing.** Several pairs of a pool share rows of fixed length (first-fit decreasing), with
+* **Packing.** Several pairs of a pool share rows of fixed length (best-fit decreasing), with
   `*_segmentation` ids (1..n per pair, 0 = pad) and `*_position` (0-based, restarting per pair)
   that `jaxattn.masks.segment_mask` turns into the block-diagonal mask (Vaswani et al. 2017 train
   on batches of ~25k tokens; packing is how tensor2tensor/Flax WMT fill them without padding).
@@ -101,7 +101,7 @@ def _bucket_pool(examples: list[dict[str, np.ndarray]], lengths: Sequence[int],
 
 def _pack_pool(examples: list[dict[str, np.ndarray]], length: int, rows: int,
                rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
-    """Pool -> [rows, length] packed batches (first-fit decreasing; rows shuffled into batches)."""
+    """Pool -> [rows, length] packed batches (best-fit decreasing; rows shuffled into batches)."""
     n = len(examples)
     if not n:
         return []
@@ -109,34 +109,53 @@ def _pack_pool(examples: list[dict[str, np.ndarray]], length: int, rows: int,
     if size.max() > length:
         raise ValueError(f"example: length {size.max()} exceeds the packed row length {length}; "
                          "filter or truncate before packing")
-    order = np.lexsort((-size[:, 1], -size.max(axis=1)))  # longest first: tighter packing
-    free = np.full((n, 2), length, np.int64)  # [bins, 2] free slots per side; at most n bins
-    bin_of = np.empty(n, np.int64)
-    num_bins = 0
-    for i in order.tolist():
-        fits = np.flatnonzero((free[:num_bins] >= size[i]).all(axis=1))
-        b = int(fits[0]) if len(fits) else num_bins
-        num_bins = max(num_bins, b + 1)
-        free[b] -= size[i]
+    order = np.lexsort((-size[:, 1], -size.max(axis=1))).tolist()  # longest first: tighter
+    # Best fit on the source side: open bins are kept in stacks by free source slots, and a pair
+    # goes to the fullest bin that has room on both sides (at most 8 bins tried per level).
+    sizes = size.tolist()
+    free: list[list[int]] = []  # [bins][2] free slots per side
+    by_free: list[list[int]] = [[] for _ in range(length + 1)]
+    bin_of = [0] * n
+    for i in order:
+        need_in, need_tgt = sizes[i]
+        b = None
+        for level in range(need_in, length + 1):
+            stack = by_free[level]
+            for j in range(len(stack) - 1, max(len(stack) - 9, -1), -1):
+                if free[stack[j]][1] >= need_tgt:
+                    b = stack.pop(j)
+                    break
+            if b is not None:
+                break
+        if b is None:
+            b = len(free)
+            free.append([length, length])
+        free[b][0] -= need_in
+        free[b][1] -= need_tgt
         bin_of[i] = b
+        if free[b][0] and free[b][1]:
+            by_free[free[b][0]].append(b)
+    num_bins = len(free)
     # Rows of the pool, then batches of `rows` rows (the last one completed with zero rows).
-    row_of_bin = rng.permutation(num_bins)
+    row_of_bin = rng.permutation(num_bins).tolist()
     num_batches = -(-num_bins // rows)
     out = {f"{side}{suffix}": np.zeros((num_batches * rows, length), np.int32)  # [R, L]
            for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_position")}
-    used = np.zeros((num_bins, 2), np.int64)
-    segments = np.zeros(num_bins, np.int64)
-    for i in order.tolist():  # segment ids follow the order pairs were placed in the row
+    positions = np.arange(length, dtype=np.int32)  # [L]
+    used = [[0, 0] for _ in range(num_bins)]
+    segments = [0] * num_bins
+    for i in order:  # segment ids follow the order pairs were placed in the row
         b = bin_of[i]
         r = row_of_bin[b]
         segments[b] += 1
         for s, side in enumerate(("inputs", "targets")):
             ids = examples[i][side]
-            start, stop = used[b, s], used[b, s] + len(ids)
+            start = used[b][s]
+            stop = start + len(ids)
             out[side][r, start:stop] = ids
             out[f"{side}_segmentation"][r, start:stop] = segments[b]
-            out[f"{side}_position"][r, start:stop] = np.arange(len(ids))
-            used[b, s] = stop
+            out[f"{side}_position"][r, start:stop] = positions[:len(ids)]
+            used[b][s] = stop
     return [{key: value[k * rows:(k + 1) * rows] for key, value in out.items()}  # [rows, L]
             for k in range(num_batches)]
 

@@ -36,7 +36,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.vocab_size = 256  # pieces per vocabulary incl. pad/unk/bos/eos (a soft upper bound)
     c.vocab_model_type = "unigram"  # "unigram" or "bpe"
     c.shared_vocab = True  # one vocabulary for both sides, or one per side
-    c.vocab_max_sentences = 200_000  # training sentences per side sampled to train it
+    c.vocab_max_sentences = 100_000  # sentences per side sampled (evenly) to train it
     c.character_coverage = 1.0  # SentencePiece character coverage (0.9995 for large alphabets)
     # --- Lengths (in tokens, eos included) ----------------------------------------------------
     c.max_source_length = 32  # longer sources are filtered out or truncated
