@@ -196,6 +196,8 @@ def test_length_policy(dirs, policy):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"length_policy": "clip"}, "length_policy"),
+    ({"vocab_model_type": "wordpiece"}, "vocab_model_type"),
+    ({"packing": True, "pack_length": 8}, "pack_length"),
     ({"bucket_lengths": (8, 16)}, "bucket_lengths"),
     ({"dataset": "no_such_dataset_xyz"}, "dataset"),
     ({"source_lang": "xx"}, "source_lang"),

@@ -25,7 +25,7 @@ import numpy as np
 from train.data import batching
 from train.data import catalog
 from train.data import corpus
-from train.data.tokenizer import Tokenizers, load_or_train_tokenizers
+from train.data.tokenizer import MODEL_TYPES, Tokenizers, load_or_train_tokenizers
 
 __all__ = ["Datasets", "EvalSet", "make_datasets", "load_dataset"]
 
@@ -181,8 +181,59 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     for field in ("read_threads", "prefetch_chunks", "prefetch_batches"):
         if config[field] < 0:
             raise ValueError(f"{field}: got {config[field]}, expected >= 0")
+    if config.vocab_model_type not in MODEL_TYPES:
+        raise ValueError(f"vocab_model_type: got {config.vocab_model_type!r}, expected one of "
+                         f"{MODEL_TYPES}")
     if config.batch_size <= 0 and config.tokens_per_batch <= 0:
         raise ValueError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
+
+
+def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader, encode: _Encode,
+                  lengths: Sequence[int], process_index: int, process_count: int
+                  ) -> tuple[grain.IterDataset, tuple[tuple[int, int], ...], int]:
+    """The training IterDataset, its batch shapes and this process's number of pairs."""
+    # Records are read in chunks of consecutive shuffled indices: one batched random read each.
+    records = np.arange(len(reader))[process_index::process_count]  # [n] this process's slice
+    if not len(records):
+        raise ValueError(f"process_count: {process_count} processes for {len(reader)} training "
+                         f"pairs leave process {process_index} without data")
+    shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
+    chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
+              .map_with_index(shuffled).map(_ReadEncodeChunk(reader, encode)))
+    it = chunks.to_iter_dataset(grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_chunks))
+    max_length = max(config.max_source_length, config.max_target_length)
+    if config.packing:
+        pack_length = config.pack_length or max_length
+        if pack_length < max_length:
+            raise ValueError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
+        rows = batching.rows_per_batch(pack_length, config.tokens_per_batch, config.batch_size,
+                                       config.batch_size_multiple)
+        train = batching.PackBatchIterDataset(it, length=pack_length, rows=rows,
+                                              pool_size=config.bucket_pool_size, seed=config.seed)
+        shapes = ((rows, pack_length),)
+    else:
+        rows = [batching.rows_per_batch(length, config.tokens_per_batch, config.batch_size,
+                                        config.batch_size_multiple) for length in lengths]
+        train = batching.BucketBatchIterDataset(it, lengths=lengths, rows=rows,
+                                                pool_size=config.bucket_pool_size, seed=config.seed)
+        shapes = tuple(zip(rows, lengths))
+    if config.prefetch_batches:
+        # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
+        train = batching.PrefetchIterDataset(train, buffer_size=config.prefetch_batches)
+    return train, shapes, len(records)
+
+
+def _eval_set(config: ml_collections.ConfigDict, reader: catalog.PairReader, encode: _Encode,
+              lengths: Sequence[int]) -> EvalSet:
+    count = len(reader)
+    if config.eval_max_examples > 0:
+        count = min(count, config.eval_max_examples)
+    pairs = [pair for start in range(0, count, _CHUNK)
+             for pair in reader.read(range(start, min(count, start + _CHUNK)))]
+    examples = [encode(pair) for pair in pairs]
+    return EvalSet(pairs, batching.eval_batches(examples, lengths=lengths,
+                                                batch_size=config.eval_batch_size))
 
 
 def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
@@ -205,9 +256,16 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
         process_index, process_count = shard.shard_index, shard.shard_count
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index: got {process_index}, expected in [0, {process_count})")
-    splits = [config.train_split, *config.eval_splits]
-    sources, source_key, target_key, dataset_id = load_dataset(config, splits)
-    train_reader = catalog.PairReader(sources[config.train_split], source_key, target_key)
+    max_length = max(config.max_source_length, config.max_target_length)
+    lengths = tuple(config.bucket_lengths) or batching.default_bucket_lengths(max_length)
+    if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] < max_length:
+        raise ValueError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
+
+    sources, source_key, target_key, dataset_id = load_dataset(
+        config, [config.train_split, *config.eval_splits])
+    readers = {split: catalog.PairReader(source, source_key, target_key)
+               for split, source in sources.items()}
+    train_reader = readers[config.train_split]
     limit = config.vocab_max_sentences
     tokenizers = load_or_train_tokenizers(
         os.path.join(workdir, "vocab"), shared=config.shared_vocab, vocab_size=config.vocab_size,
@@ -216,58 +274,17 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
         source_texts=lambda: _sample_texts(train_reader, 0, limit),
         target_texts=lambda: _sample_texts(train_reader, 1, limit))
 
-    max_length = max(config.max_source_length, config.max_target_length)
-    lengths = tuple(config.bucket_lengths) or batching.default_bucket_lengths(max_length)
-    if list(lengths) != sorted(set(lengths)) or lengths[-1] < max_length:
-        raise ValueError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
     encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                      config.length_policy)
-    # Records are read in chunks of consecutive shuffled indices: one batched random read each.
-    records = np.arange(len(train_reader))[process_index::process_count]  # this process's slice
-    num_train = len(records)
-    if not num_train:
-        raise ValueError(f"process_count: {process_count} processes for {len(train_reader)} "
-                         f"training pairs leave process {process_index} without data")
-    shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
-    chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
-              .map_with_index(shuffled).map(_ReadEncodeChunk(train_reader, encode)))
-    it = chunks.to_iter_dataset(grain.ReadOptions(
-        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_chunks))
-    if config.packing:
-        pack_length = config.pack_length or max_length
-        if pack_length < max_length:
-            raise ValueError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
-        rows = batching.rows_per_batch(pack_length, config.tokens_per_batch, config.batch_size,
-                                       config.batch_size_multiple)
-        train = batching.PackBatchIterDataset(it, length=pack_length, rows=rows,
-                                              pool_size=config.bucket_pool_size, seed=config.seed)
-        shapes = ((rows, pack_length),)
-    else:
-        rows = [batching.rows_per_batch(length, config.tokens_per_batch, config.batch_size,
-                                        config.batch_size_multiple) for length in lengths]
-        train = batching.BucketBatchIterDataset(it, lengths=lengths, rows=rows,
-                                                pool_size=config.bucket_pool_size, seed=config.seed)
-        shapes = tuple(zip(rows, lengths))
-    if config.prefetch_batches:
-        # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
-        train = batching.PrefetchIterDataset(train, buffer_size=config.prefetch_batches)
-
+    train, shapes, num_train = _train_stream(config, train_reader, encode, lengths, process_index,
+                                             process_count)
+    # Eval never drops a pair: over-long sources are truncated, references stay whole text.
     eval_encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                           "truncate")
-    evals = {}
-    for split in config.eval_splits:
-        reader = catalog.PairReader(sources[split], source_key, target_key)
-        count = len(reader)
-        if config.eval_max_examples > 0:
-            count = min(count, config.eval_max_examples)
-        pairs = [pair for start in range(0, count, _CHUNK)
-                 for pair in reader.read(range(start, min(count, start + _CHUNK)))]
-        examples = [eval_encode(pair) for pair in pairs]
-        evals[split] = EvalSet(pairs, batching.eval_batches(examples, lengths=lengths,
-                                                            batch_size=config.eval_batch_size))
+    evals = {split: _eval_set(config, readers[split], eval_encode, lengths)
+             for split in config.eval_splits}
     _log.info("Data %s: %d training pairs on process %d/%d, batch shapes %s, V=%d/%d", dataset_id,
               num_train, process_index, process_count, shapes, tokenizers.source.vocab_size,
               tokenizers.target.vocab_size)
     return Datasets(train=train, eval=evals, tokenizers=tokenizers, batch_shapes=shapes,
                     num_train_examples=num_train)
-
