@@ -117,7 +117,7 @@ def test_order_deterministic_from_seed_and_reshuffled_per_epoch(dirs):
 
 @pytest.mark.parametrize("packing, threads, prefetch", [(False, 0, 0), (False, 1, 2),
                                                         (True, 0, 0), (True, 1, 2)])
-@pytest.mark.parametrize("skip", [0, 1, 5, 11])
+@pytest.mark.parametrize("skip", [0, 1, 5, 11, 25])  # 25 crosses an epoch
 def test_save_restore_gives_identical_batches(dirs, packing, threads, prefetch, skip):
     kwargs = dict(num_epochs=0, packing=packing, read_threads=threads, prefetch_batches=prefetch)
     it = iter(_make(dirs, **kwargs).train)
