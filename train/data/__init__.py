@@ -24,17 +24,24 @@ Use from the trainer::
     stored_fingerprint = ds.tokenizers.fingerprint()    # save with the checkpoint ...
     ds.tokenizers.check(stored_fingerprint)             # ... and check it on restore
     toks = data.load_tokenizers(f"{workdir}/vocab", shared=True)  # translate-only runs
-    for batch in ds.eval["test"].batches:               # decode, then compare with
-      refs = [ds.eval["test"].pairs[i][1] for i in batch["example_index"] if i >= 0]
-      hyps = ds.tokenizers.target.decode_batch(tokens)  # tokens [B, T'] from the decoder
+    test = ds.eval["test"]                              # EvalSet: pairs + batches
+    for batch in test.batches:
+        tokens = ...                                    # [B, T'] decoded from batch["inputs"]
+        hyps = ds.tokenizers.target.decode_batch(tokens)
+        for row, i in enumerate(batch["example_index"]):
+            if i >= 0:                                  # -1 marks an all-zero padding row
+                source, reference = test.pairs[i]       # raw text; hypothesis = hyps[row]
 
 Training batches (API.md): "inputs" [B, S] and "targets" [B, T] int32, 0-padded, eos-ended;
 with ``packing=True`` also "inputs_segmentation"/"targets_segmentation" (1..n per pair, 0 = pad)
 and "inputs_position"/"targets_position" (0-based, restarting per pair). Shapes come from a small
 fixed set (`Datasets.batch_shapes`); rows that are all zero are padding (mask loss by
-targets != 0). The iterator state is a plain dict of ints: store it as JSON next to the Orbax
-checkpoint (or with grain's `PyGrainCheckpointHandler`). Each process reads only its slice
-(``[jax.process_index()::jax.process_count()]``) of the training split.
+targets != 0). The iterator state is a plain JSON-able dict of ints: store it with Orbax via
+`grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)` (or as JSON next to
+the checkpoint). Each process reads only its slice
+(``[jax.process_index()::jax.process_count()]``) of the training split; hosts then draw their
+bucket shapes independently, so multi-host training wants ``packing=True`` or a single bucket
+length (one shape everywhere). Every host gets the whole eval sets.
 """
 
 from train.data.batching import BucketBatchIterDataset

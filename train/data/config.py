@@ -47,8 +47,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.batch_size = 0  # > 0: this many rows in every batch instead of the token budget
     c.batch_size_multiple = 1  # rows are a multiple of this (set to the local device count)
     c.bucket_lengths = ()  # ascending bucket lengths; () = 8, 12, 16, 24, ... up to max length
-    c.bucket_pool_size = 8192  # pairs bucketed/packed together (larger = fewer part-filled
-    # batches, a longer read on restore)
+    c.bucket_pool_size = 8192  # pairs bucketed/packed together (larger: fuller, slower restore)
     c.packing = False  # pack several pairs per row (segmentation/position keys; Transformer)
     c.pack_length = 0  # packed row length; 0 = max(max_source_length, max_target_length)
     c.eval_batch_size = 128  # rows of eval batches (length-sorted, padded with zero rows)
