@@ -10,7 +10,6 @@ from ``tfds.testing.mock_data``; `record_text` accepts both.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,8 +23,6 @@ from train.data import number_words  # noqa: F401  (registers the `number_words`
 
 __all__ = ["prepare_builder", "prepare", "split_sources", "record_text", "record_pair",
            "feature_keys", "PairReader"]
-
-_log = logging.getLogger(__name__)
 
 
 def prepare_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -55,9 +52,13 @@ def split_sources(builder: tfds.core.DatasetBuilder, splits: Sequence[str]
             raise ValueError(f"split: got {split!r}, expected one of {known} for {builder.name}")
         try:
             sources[split] = builder.as_data_source(split=split)
-        except NotImplementedError as e:  # prepared earlier in another format (tfrecord)
-            raise ValueError(f"dataset {builder.name}: {e}; prepare it as array_record in another "
-                             "data_dir") from None
+        except (NotImplementedError, ValueError):
+            file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+            if "array_record" in file_format:
+                raise
+            # Prepared earlier (e.g. by TensorFlow users) in another format.
+            raise ValueError(f"data_dir: {builder.data_dir} holds {builder.name} as {file_format}, "
+                             "expected array_record; use another data_dir") from None
     return sources
 
 
