@@ -223,3 +223,13 @@ def test_prefetch_thread_stops_when_iterator_is_dropped(dirs):
             break
         threading.Event().wait(0.05)
     assert threading.active_count() <= before
+
+
+def test_fast_pair_reader_matches_tfds_decoding(dirs):
+    builder = data.NumberWords(config="tiny", data_dir=str(dirs[0]))
+    builder.download_and_prepare(file_format="array_record")
+    source = builder.as_data_source(split="train")
+    reader = catalog.PairReader(source, "de", "fr")
+    assert reader.uses_fast_path
+    index = np.random.default_rng(0).permutation(len(source))[:100]
+    assert reader.read(index) == [catalog.record_pair(source[int(i)], "de", "fr") for i in index]

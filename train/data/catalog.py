@@ -108,6 +108,11 @@ class PairReader:
     def __len__(self) -> int:
         return len(self._source)
 
+    @property
+    def uses_fast_path(self) -> bool:
+        """Whether records are read straight from the array_record files."""
+        return self._raw is not None
+
     def _read_fast(self, indices: Sequence[int]) -> list[tuple[str, str]]:
         pairs = []
         for raw in self._raw.__getitems__(indices):
