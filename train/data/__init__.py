@@ -58,6 +58,7 @@ from train.data.pipeline import Datasets
 from train.data.pipeline import EvalSet
 from train.data.pipeline import load_dataset
 from train.data.pipeline import make_datasets
+from train.data.prefetch import PrefetchIterDataset
 from train.data.tokenizer import BOS_ID
 from train.data.tokenizer import EOS_ID
 from train.data.tokenizer import PAD_ID
@@ -70,7 +71,7 @@ from train.data.tokenizer import train_sentencepiece
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
     "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberWords", "NumberWordsConfig",
-    "PackBatchIterDataset", "ParallelCorpus", "Tokenizer", "Tokenizers",
+    "PackBatchIterDataset", "ParallelCorpus", "PrefetchIterDataset", "Tokenizer", "Tokenizers",
     "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",
     "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "train_sentencepiece",
 ]

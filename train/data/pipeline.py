@@ -25,6 +25,7 @@ import numpy as np
 from train.data import batching
 from train.data import catalog
 from train.data import corpus
+from train.data import prefetch
 from train.data.tokenizer import MODEL_TYPES, Tokenizers, load_or_train_tokenizers
 
 __all__ = ["Datasets", "EvalSet", "make_datasets", "load_dataset"]
@@ -220,7 +221,7 @@ def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader,
         shapes = tuple(zip(rows, lengths))
     if config.prefetch_batches:
         # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
-        train = batching.PrefetchIterDataset(train, buffer_size=config.prefetch_batches)
+        train = prefetch.PrefetchIterDataset(train, buffer_size=config.prefetch_batches)
     return train, shapes, len(records)
 
 
