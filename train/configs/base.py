@@ -1,0 +1,63 @@
+"""Trainer fields shared by every experiment config (each one commented).
+
+Experiment files call `get_base_config()` and then set `config.model` and
+override what they need; the trainer reads every field as `config.x`.
+"""
+
+import ml_collections
+
+from train.data.config import default_data_config
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """Defaults for the training, evaluation and checkpointing fields."""
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict()  # set by the experiment file ("family" + fields)
+    config.data = default_data_config()  # see train/data/config.py for every data field
+
+    # --- Run ---------------------------------------------------------------------------------
+    config.seed = 0  # parameter init and dropout; with data.seed it fixes the whole run
+    config.num_train_steps = 2000  # optimizer steps (micro-steps with grad_accum_steps > 1)
+    config.compute_dtype = "float32"  # "float32" or "bfloat16" activations; params stay float32
+    config.parallel = "jit"  # "jit": Mesh + NamedSharding over all devices; "pmap": jax.pmap
+    config.distributed = ml_collections.ConfigDict()
+    # "" = single process; "auto" = detect (Cloud TPU, SLURM, MPI); else "host:port" of process 0
+    config.distributed.coordinator_address = ""
+    config.distributed.num_processes = 1  # processes in the job (explicit coordinator only)
+    config.distributed.process_id = 0  # this process (explicit coordinator only)
+
+    # --- Optimizer (Adam, Vaswani et al. 2017 sec. 5.3) ------------------------------------
+    config.schedule = "noam"  # "noam" (warmup + rsqrt decay), "cosine" or "constant"
+    config.learning_rate = 1e-3  # peak learning rate, reached after warmup_steps
+    config.warmup_steps = 200  # linear warmup length in optimizer updates
+    config.end_learning_rate_factor = 0.0  # cosine only: final lr = factor * learning_rate
+    config.adam_b1 = 0.9  # Adam beta1
+    config.adam_b2 = 0.98  # Adam beta2 (0.98 as in the paper, not 0.999)
+    config.adam_eps = 1e-9  # Adam epsilon
+    config.weight_decay = 0.0  # decoupled weight decay on matrices (AdamW); 0 = plain Adam
+    config.grad_clip_norm = 1.0  # clip gradients to this global norm; 0 = no clipping
+    config.grad_accum_steps = 1  # micro-batches per update (optax.MultiSteps)
+    config.label_smoothing = 0.1  # eps of label-smoothed cross-entropy (training loss)
+    config.scheduled_sampling = ml_collections.ConfigDict()  # RNN models only
+    config.scheduled_sampling.kind = "none"  # "none", "linear" or "inverse_sigmoid"
+    config.scheduled_sampling.max_probability = 0.25  # final P(feed the model's own token)
+    config.scheduled_sampling.ramp_steps = 1000  # linear: steps to reach max_probability
+    config.scheduled_sampling.k = 200.0  # inverse_sigmoid: k of k / (k + exp(step / k))
+
+    # --- Evaluation and decoding -----------------------------------------------------------
+    config.log_every_steps = 50  # training metrics to JSONL/TensorBoard every N steps
+    config.eval_every_steps = 500  # validation loss + decoding (BLEU) every N steps
+    config.eval_decode_examples = 200  # validation pairs decoded in the loop (0 = all)
+    config.decode = ml_collections.ConfigDict()
+    config.decode.strategy = "greedy"  # "greedy" or "beam"
+    config.decode.beam_size = 4  # beam search width
+    config.decode.alpha = 0.6  # beam length penalty ((5 + len) / 6) ** alpha (Wu et al. 2016)
+    config.decode.max_length = 64  # most target tokens generated (eos included)
+    config.num_samples = 5  # sample translations logged and saved per evaluation
+    config.num_heatmaps = 3  # attention heatmap PNGs written after training
+    config.progress_bar = True  # tqdm progress bar (process 0)
+
+    # --- Checkpoints (Orbax) ---------------------------------------------------------------
+    config.checkpoint_every_steps = 500  # asynchronous save every N steps (and at the end)
+    config.keep_checkpoints = 2  # latest checkpoints kept; the best by validation BLEU is kept too
+    return config

@@ -1,0 +1,176 @@
+"""From an `ml_collections` run config to a model, with every check done up front.
+
+`validate_config` and `check_workdir` run before the trainer writes anything:
+a config that cannot work (unknown model field, heads not dividing D, a batch
+that cannot be split over the devices, ...) or a workdir that holds another
+model is refused with a one-line `ValueError`, and nothing is overwritten.
+"""
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxattn import models
+from train import optim, sharding
+
+__all__ = [
+    "MODEL_FAMILIES",
+    "COMPUTE_DTYPES",
+    "DECODE_STRATEGIES",
+    "CONFIG_FILE",
+    "model_config",
+    "build_model",
+    "validate_config",
+    "check_workdir",
+    "identity",
+    "save_config",
+]
+
+# family -> (frozen hyperparameter dataclass, Flax module)
+MODEL_FAMILIES: dict[str, tuple[type, Callable[..., nn.Module]]] = models.MODELS
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DECODE_STRATEGIES = ("greedy", "beam")
+CONFIG_FILE = "config.json"
+
+# Data fields that define what the model was trained on; resuming with other
+# values would silently mix datasets or vocabularies.
+_DATA_IDENTITY = ("dataset", "source_lang", "target_lang", "vocab_size", "vocab_model_type",
+                  "shared_vocab", "train_file", "train_source_file", "train_target_file")
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int, **changes: Any) -> Any:
+    """The frozen model dataclass for `config.model` (family fields + vocabulary size).
+
+    Args:
+      config: the run config (`model.family`, the family's fields, `compute_dtype`).
+      vocab_size: V of the trained tokenizer(s).
+      **changes: dataclass fields to override (e.g. `capture_attention=True`).
+
+    Returns:
+      A `TransformerConfig` or `RNNConfig`.
+    """
+    fields = config.model.to_dict()
+    family = fields.pop("family")
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"config.model.family: got {family!r}, expected one of {sorted(MODEL_FAMILIES)}")
+    if config.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"config.compute_dtype: got {config.compute_dtype!r}, expected one of {sorted(COMPUTE_DTYPES)}"
+        )
+    cls = MODEL_FAMILIES[family][0]
+    try:
+        return cls(vocab_size=vocab_size, dtype=COMPUTE_DTYPES[config.compute_dtype], **fields, **changes)
+    except TypeError as e:  # unknown field
+        raise ValueError(f"config.model: {e} (family {family!r} takes the fields of {cls.__name__})") from None
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int, **changes: Any) -> nn.Module:
+    """The Flax module for `config.model` (see `model_config`)."""
+    return MODEL_FAMILIES[config.model.family][1](model_config(config, vocab_size, **changes))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a one-line ValueError for a config that cannot train; writes nothing."""
+    model_config(config, vocab_size=max(config.data.vocab_size, 8))  # family, fields, dtype
+    optim.make_schedule(config)
+    optim.make_sampling_schedule(config)
+    _require(config.parallel in sharding.PARALLEL,
+             f"config.parallel: got {config.parallel!r}, expected one of {sorted(sharding.PARALLEL)}")
+    for field in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints", "grad_accum_steps"):
+        _require(config[field] >= 1, f"config.{field}: got {config[field]}, expected >= 1")
+    _require(config.warmup_steps >= 0, f"config.warmup_steps: got {config.warmup_steps}, expected >= 0")
+    _require(config.learning_rate > 0, f"config.learning_rate: got {config.learning_rate}, expected > 0")
+    _require(0.0 <= config.label_smoothing < 1.0,
+             f"config.label_smoothing: got {config.label_smoothing}, expected a value in [0, 1)")
+    _require(config.decode.strategy in DECODE_STRATEGIES,
+             f"config.decode.strategy: got {config.decode.strategy!r}, expected one of {DECODE_STRATEGIES}")
+    _require(config.decode.beam_size >= 1, f"config.decode.beam_size: got {config.decode.beam_size}, expected >= 1")
+    _require(config.decode.max_length >= 1,
+             f"config.decode.max_length: got {config.decode.max_length}, expected >= 1")
+    _require(len(config.data.eval_splits) >= 1,
+             "config.data.eval_splits: got (), expected at least one split (the first is validation)")
+    family = config.model.family
+    if config.scheduled_sampling.kind != "none":
+        _require(family == "rnn",
+                 f"config.scheduled_sampling.kind: got {config.scheduled_sampling.kind!r} for model family "
+                 f"{family!r}, expected 'none' (scheduled sampling is for the RNN models)")
+    if config.data.packing:
+        _require(family == "transformer",
+                 f"config.data.packing: got True for model family {family!r}, expected False "
+                 "(packed batches need segment masks: Transformer only)")
+    devices = jax.local_device_count()
+    _require(config.data.batch_size_multiple % devices == 0,
+             f"config.data.batch_size_multiple: got {config.data.batch_size_multiple}, expected a multiple "
+             f"of the {devices} local devices (batches are split along B)")
+    _require(config.data.eval_batch_size % devices == 0,
+             f"config.data.eval_batch_size: got {config.data.eval_batch_size}, expected a multiple "
+             f"of the {devices} local devices")
+    if jax.process_count() > 1:
+        _require(config.data.packing or len(config.data.bucket_lengths) == 1,
+                 "config.data.packing: multi-host training needs one batch shape on every host; set "
+                 "data.packing=True or a single data.bucket_lengths entry")
+
+
+def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The parts of a config that a workdir's checkpoints are bound to."""
+    return {
+        "model": config.model.to_dict(),
+        "data": {k: config.data[k] for k in _DATA_IDENTITY},
+    }
+
+
+def _diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
+            out.append(f"{prefix}{key}: workdir has {a!r}, config has {b!r}")
+    return out
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Refuses a workdir whose saved config describes another model or dataset.
+
+    Returns:
+      True if the workdir already holds a run (it will be resumed).
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir: {workdir!r} exists and is not a directory")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        stored = json.load(f)
+    differences = _diff(identity(ml_collections.ConfigDict(stored)), identity(config))
+    if differences:
+        raise ValueError(
+            f"workdir {workdir!r} holds a different model ({'; '.join(differences[:3])}); "
+            "use a new --workdir"
+        )
+    return True
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the resolved config as JSON (process 0 only); returns the path."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config.to_json(indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    return path
