@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from model_params import numpy_init
 
 from jaxattn.decoding import beam_search, greedy_decode, length_penalty, sample_decode
 from jaxattn.models import RNNConfig, TransformerConfig, build_model
@@ -72,7 +73,7 @@ def transformer():
 def bahdanau():
     model = build_model(CONFIGS["bahdanau"])
     inputs, targets = _task()
-    return model, jax.jit(model.init)(jax.random.key(1), inputs, targets)
+    return model, numpy_init(model, inputs, targets, seed=1)
 
 
 @pytest.fixture(params=["transformer-untrained", "transformer-trained", "bahdanau-untrained"])
