@@ -93,3 +93,6 @@ __all__ = [
     "update_kv_cache",
     "cached_attention",
 ]
+
+# The model zoo (Flax modules built on the primitives above) and decoding.
+from jaxattn import decoding, models  # noqa: E402  (after the primitives they import)
