@@ -101,8 +101,12 @@ class MeshParallel:
         return state
 
     def host_state(self, state: Any) -> Any:
-        """The state as saved in checkpoints (global arrays, no device axis)."""
-        return state
+        """The state as host numpy arrays, as saved in checkpoints.
+
+        One copy of the replicated state; Orbax would make the same copy, and
+        handing it numpy spares it slicing every array per device.
+        """
+        return jax.device_get(state)
 
     def put_rng(self, rng: jax.Array) -> jax.Array:
         return jax.device_put(rng, self.replicated)
@@ -161,7 +165,8 @@ class PmapParallel:
         return self._replicate(state)
 
     def host_state(self, state: Any) -> Any:
-        return jax.tree.map(lambda x: x[0], state)
+        """The state as host numpy arrays without the device axis (device 0's copy)."""
+        return jax.tree.map(_first_replica, state)
 
     def put_rng(self, rng: jax.Array) -> jax.Array:
         return self._replicate(rng)
@@ -188,11 +193,17 @@ class PmapParallel:
         )
 
     def params(self, state: Any) -> Any:
-        return jax.tree.map(lambda x: x[0], state.params)
+        """One copy of the parameters, on the first device (for decoding)."""
+        return jax.device_put(jax.tree.map(_first_replica, state.params), self.devices[0])
 
     def fetch(self, tree: Any) -> Any:
         # Metrics are all-reduced inside the step: every device holds the total.
-        return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+        return jax.tree.map(_first_replica, tree)
+
+
+def _first_replica(x: jax.Array) -> np.ndarray:
+    # Read device 0's shard on the host: indexing x[0] would compile a slice per array.
+    return np.asarray(x.addressable_shards[0].data)[0]
 
 
 PARALLEL: dict[str, Callable[[], Any]] = {"jit": MeshParallel, "pmap": PmapParallel}

@@ -1,0 +1,351 @@
+"""`train_and_evaluate(config, workdir)`, `evaluate` and `translate`: the trainer's modes.
+
+The loop is host code only: it feeds batches to the compiled step
+(`train.steps`, compiled by `train.sharding`), writes metrics, evaluates,
+saves checkpoints and reacts to SIGTERM / SIGINT. Everything about the config
+and the workdir is checked before anything is written (`train.run_config`).
+Re-running with the same workdir resumes from the latest checkpoint, and the
+resumed run is bitwise the uninterrupted one: parameters, optimizer state, the
+base RNG key (dropout is `fold_in(rng, step)`) and the data iterator position
+are all restored.
+"""
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps
+from train.data import Tokenizers, load_tokenizers, make_datasets
+
+__all__ = ["NonFiniteLossError", "train_and_evaluate", "evaluate", "translate"]
+
+_log = logging.getLogger(__name__)
+CHECKPOINT_CHOICES = ("latest", "best")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss or gradient became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a mode builds from (config, workdir)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    tokenizers: Tokenizers
+    model: Any
+    parallel: Any
+    init_fn: Any
+    datasets: Any = None
+
+    @property
+    def family(self) -> str:
+        return self.config.model.family
+
+    @functools.cached_property
+    def eval_fns(self):
+        """(eval_step, decode) compiled once per run."""
+        eval_fn = self.parallel.compile_eval_step(
+            functools.partial(steps.eval_step, model=self.model, label_smoothing=self.config.label_smoothing))
+        return eval_fn, evaluation.make_decode_fn(self.model, self.config.decode)
+
+    def capture_model(self):
+        return run_config.build_model(self.config, self.model.config.vocab_size, capture_attention=True)
+
+
+def _build(config, workdir, tokenizers, datasets=None, parallel=None) -> _Run:
+    vocab_size = max(tokenizers.source.vocab_size, tokenizers.target.vocab_size)
+    model = run_config.build_model(config, vocab_size)
+    tx = optim.make_optimizer(config)
+    parallel = parallel or sharding.make_parallel(config)
+    shape = (1, 8)
+    init_fn = functools.partial(steps.init_state, model=model, tx=tx, input_shape=shape, target_shape=shape)
+    return _Run(config, workdir, tokenizers, model, parallel, init_fn, datasets)
+
+
+def _checkpoint_config(config, tokenizers) -> dict[str, Any]:
+    return {"config": config.to_dict(), "vocab": tokenizers.fingerprint()}
+
+
+def _check_checkpoint(ckpt, step, config, tokenizers) -> None:
+    stored = ckpt.restore_config(step)
+    tokenizers.check(stored["vocab"])
+    differences = run_config._diff(
+        run_config.identity(ml_collections.ConfigDict(stored["config"])), run_config.identity(config)
+    )
+    if differences:
+        raise ValueError(f"checkpoint {step} holds a different model ({'; '.join(differences[:3])})")
+
+
+def _restore(run: _Run, ckpt, step: int, data_iterator=None):
+    _check_checkpoint(ckpt, step, run.config, run.tokenizers)
+    rng = sharding.global_rng(run.config.seed)
+    abstract = run.parallel.abstract_state(run.init_fn, rng)
+    abstract_rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=run.parallel.rng_sharding)
+    state, train_rng = ckpt.restore(step, abstract, abstract_rng, data_iterator)
+    _log.info("Restored checkpoint %d from %s", step, ckpt.manager.directory)
+    return run.parallel.place_state(state), train_rng
+
+
+def _evaluate_split(run: _Run, state, split: str, *, eval_fn, decode_fn, max_examples: int,
+                    step: int, tag: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    eval_set = run.datasets.eval[split]
+    # The eval step runs data-parallel (pmap: params with a device axis); decoding
+    # runs on one copy of the parameters.
+    sums = evaluation.eval_loss(eval_fn, state.params, eval_set.batches, run.parallel)
+    scalars = steps.summarize(sums, split)
+    rows = evaluation.decode_eval_set(decode_fn, run.parallel.params(state), eval_set, run.tokenizers,
+                                      max_examples)
+    scores = evaluation.corpus_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    scalars.update({f"{split}/{k}": v for k, v in scores.items()})
+    if jax.process_index() == 0:
+        os.makedirs(os.path.join(run.workdir, "samples"), exist_ok=True)
+        path = os.path.join(run.workdir, "samples", f"{split}_{tag}.txt")
+        for line in evaluation.write_samples(path, rows, run.config.num_samples):
+            _log.info("  %s", line)
+    _log.info("Eval %s at step %d: loss %.4f, ppl %.2f, acc %.3f, BLEU %.2f, chrF %.2f, exact %.1f%%",
+              split, step, scalars[f"{split}/nll"], scalars[f"{split}/perplexity"],
+              scalars[f"{split}/accuracy"], scores["bleu"], scores["chrf"], 100 * scores["exact_match"])
+    return scalars, rows
+
+
+def _final_evaluation(run: _Run, state, step: int, writer) -> dict[str, Any]:
+    eval_fn, decode_fn = run.eval_fns
+    summary = {}
+    rows = []
+    for split in run.config.data.eval_splits:
+        scalars, rows = _evaluate_split(run, state, split, eval_fn=eval_fn, decode_fn=decode_fn,
+                                        max_examples=0, step=step, tag="final")
+        writer.write_scalars(step, scalars)
+        summary.update(scalars)
+    if run.config.num_heatmaps > 0 and rows and jax.process_index() == 0:
+        paths = evaluation.write_heatmaps(os.path.join(run.workdir, "heatmaps"), run.family,
+                                          run.capture_model(), run.parallel.params(state), rows, run.tokenizers,
+                                          run.config.num_heatmaps)
+        if paths:
+            _log.info("Wrote %d attention heatmaps to %s", len(paths), os.path.dirname(paths[0]))
+    return summary
+
+
+def _prepare(config, workdir) -> tuple[_Run, bool]:
+    run_config.validate_config(config)
+    existing = run_config.check_workdir(config, workdir)
+    datasets = make_datasets(config.data, workdir)
+    _log.info("Data ready: %d training pairs, eval splits %s, vocabulary %d/%d (in %s)",
+              datasets.num_train_examples, list(datasets.eval), datasets.tokenizers.source.vocab_size,
+              datasets.tokenizers.target.vocab_size, os.path.join(workdir, "vocab"))
+    return _build(config, workdir, datasets.tokenizers, datasets), existing
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints), then evaluates.
+
+    Args:
+      config: a run config (see train/configs/).
+      workdir: run directory: vocabulary, checkpoints, metrics, samples, heatmaps.
+
+    Returns:
+      Final metrics (`<split>/bleu`, `/chrf`, `/exact_match`, `/loss`, ...), plus
+      `step`, `wall_time` and `interrupted` (True after SIGTERM / SIGINT).
+    """
+    start_time = time.time()
+    run, _ = _prepare(config, workdir)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), config.keep_checkpoints)
+    writer = metrics.MetricWriter(workdir)
+    try:
+        return _train(run, ckpt, writer, start_time)
+    finally:
+        ckpt.close()
+        writer.close()
+
+
+class _TrainHistory:
+    """Step metrics on their way from the device to the writers.
+
+    `sync` fetches what the steps returned since the last call and stops the
+    run on a non-finite loss (before any checkpoint of that state is saved);
+    `write` logs the means since the last write.
+    """
+
+    def __init__(self, parallel, writer, bar):
+        self._parallel, self._writer, self._bar = parallel, writer, bar
+        self._device, self._host = [], []
+        self._tick = time.time()
+
+    def append(self, step_metrics) -> None:
+        self._device.append(step_metrics)
+
+    def sync(self, step: int, last_good: str) -> None:
+        fetched = self._parallel.fetch(self._device)
+        for i, m in enumerate(fetched):
+            if not m["finite"]:
+                raise NonFiniteLossError(
+                    f"loss is NaN or Inf at step {step - len(fetched) + i + 1}; training stopped, {last_good} "
+                    "(lower config.learning_rate or set config.grad_clip_norm?)")
+        self._host.extend(fetched)
+        self._device = []
+
+    def write(self, step: int) -> None:
+        if not self._host:
+            return
+        sums = jax.tree.map(lambda *xs: np.sum(xs), *self._host)
+        last = self._host[-1]
+        elapsed = max(time.time() - self._tick, 1e-9)
+        self._tick, self._host = time.time(), []
+        scalars = steps.summarize(sums, "train")
+        scalars.update({"train/tokens_per_sec": float(sums["tokens"]) / elapsed,
+                        "train/grad_norm": float(last["grad_norm"]),
+                        "train/learning_rate": float(last["learning_rate"]),
+                        "train/sampling_probability": float(last["sampling_probability"])})
+        self._writer.write_scalars(step, scalars)
+        self._bar.set_postfix(loss=f"{scalars['train/nll']:.3f}", tok_s=f"{scalars['train/tokens_per_sec']:.0f}")
+
+
+def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
+    config, parallel = run.config, run.parallel
+    train_iter = iter(run.datasets.train)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, rng = _restore(run, ckpt, latest, train_iter)
+    else:
+        init_rng, rng = jax.random.split(sharding.global_rng(config.seed))
+        state = parallel.create_state(run.init_fn, init_rng)
+        rng = jax.device_put(rng, parallel.rng_sharding)
+    run_config.save_config(config, run.workdir)
+    step = int(jax.device_get(parallel.host_state(state).step))
+    _log.info("%s at step %d: %s model, %d parameters, %s over %d device(s), workdir %s",
+              "Resuming" if latest is not None else "Starting", step, run.family,
+              sum(x.size for x in jax.tree.leaves(parallel.host_state(state).params)),
+              parallel.name, jax.device_count(), run.workdir)
+
+    sampling = optim.make_sampling_schedule(config) if config.scheduled_sampling.kind != "none" else None
+    train_step = parallel.compile_train_step(functools.partial(
+        steps.train_step, model=run.model, label_smoothing=config.label_smoothing,
+        learning_rate_fn=optim.make_schedule(config), grad_accum_steps=config.grad_accum_steps,
+        sampling_schedule=sampling))
+    eval_fn, decode_fn = run.eval_fns
+    placed_rng = parallel.put_rng(rng)
+    val_split = config.data.eval_splits[0]
+    last_good, interrupted = latest, False
+    show = config.progress_bar and jax.process_index() == 0
+    bar = tqdm.tqdm(total=config.num_train_steps, initial=step, disable=not show, unit="step", dynamic_ncols=True)
+    history = _TrainHistory(parallel, writer, bar)
+
+    def sync():
+        history.sync(step, f"the last good checkpoint is step {last_good} in {ckpt.manager.directory}")
+
+    def save(eval_metrics=None):
+        nonlocal last_good
+        sync()
+        ckpt.save(step, parallel.host_state(state), rng, train_iter, _checkpoint_config(config, run.tokenizers),
+                  eval_metrics)
+        last_good = step
+        _log.info("Saving checkpoint %d (async) to %s", step, ckpt.manager.directory)
+
+    with checkpoint.PreemptionGuard() as guard:
+        while step < config.num_train_steps:
+            batch = next(train_iter)
+            state, step_metrics = train_step(state, parallel.put_batch(batch), placed_rng)
+            step += 1
+            bar.update(1)
+            history.append(step_metrics)
+            if step % config.log_every_steps == 0:
+                sync()
+                history.write(step)
+            if step % config.eval_every_steps == 0 and step < config.num_train_steps:
+                sync()
+                scalars, _ = _evaluate_split(run, state, val_split, eval_fn=eval_fn, decode_fn=decode_fn,
+                                             max_examples=config.eval_decode_examples, step=step,
+                                             tag=f"step{step}")
+                writer.write_scalars(step, scalars)
+                save({"bleu": scalars[f"{val_split}/bleu"]})
+            elif step % config.checkpoint_every_steps == 0:
+                save()
+            if guard.should_stop():
+                _log.info("Received %s: saving step %d and exiting", guard.signal_name or "stop signal", step)
+                if last_good != step:
+                    save()
+                interrupted = True
+                break
+        sync()
+        history.write(step)
+        bar.close()
+        ckpt.wait()
+        if interrupted:
+            return {"step": step, "wall_time": time.time() - start_time, "interrupted": True}
+        summary = _final_evaluation(run, state, step, writer)
+        if last_good != step:
+            save({"bleu": summary[f"{val_split}/bleu"]})
+    summary.update(step=step, wall_time=time.time() - start_time, interrupted=False, workdir=run.workdir)
+    return summary
+
+
+def _select_step(ckpt, which: str) -> int:
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint: got {which!r}, expected one of {CHECKPOINT_CHOICES}")
+    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+    if which == "best" and step is None:
+        step = ckpt.latest_step()
+    if step is None:
+        raise ValueError(f"workdir: no checkpoint in {ckpt.manager.directory}; train first")
+    return step
+
+
+def _open_checkpoints(workdir: str):
+    directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise ValueError(f"workdir: no checkpoints in {workdir!r}; train first")
+    return checkpoint.Checkpointer(directory, keep=1, read_only=True)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: str = "latest") -> dict[str, Any]:
+    """Evaluates a trained checkpoint on every `config.data.eval_splits` split (writes samples)."""
+    ckpt = _open_checkpoints(workdir)
+    try:
+        step = _select_step(ckpt, checkpoint_name)
+        run, _ = _prepare(config, workdir)
+        state, _ = _restore(run, ckpt, step)
+        writer = metrics.MetricWriter(workdir)
+        try:
+            summary = _final_evaluation(run, state, step, writer)
+        finally:
+            writer.close()
+    finally:
+        ckpt.close()
+    summary.update(step=step, workdir=workdir)
+    return summary
+
+
+def translate(config: ml_collections.ConfigDict, workdir: str, sentences: Sequence[str],
+              checkpoint_name: str = "latest") -> list[str]:
+    """Translates `sentences` with the latest (or best) checkpoint in `workdir`."""
+    run_config.validate_config(config)
+    run_config.check_workdir(config, workdir)
+    ckpt = _open_checkpoints(workdir)
+    try:
+        step = _select_step(ckpt, checkpoint_name)
+        tokenizers = load_tokenizers(os.path.join(workdir, "vocab"), shared=config.data.shared_vocab)
+        run = _build(config, workdir, tokenizers, parallel=sharding.MeshParallel(jax.devices()[:1]))
+        state, _ = _restore(run, ckpt, step)
+    finally:
+        ckpt.close()
+    if not sentences:
+        return []
+    decode_fn = evaluation.make_decode_fn(run.model, config.decode)
+    encoded = [tokenizers.source.encode(s) for s in sentences]
+    length = max(len(e) for e in encoded)
+    inputs = np.zeros((len(encoded), length), np.int32)                    # [B, S]
+    for i, e in enumerate(encoded):
+        inputs[i, : len(e)] = e
+    tokens = np.asarray(jax.device_get(decode_fn(state.params, inputs)))    # [B, T']
+    return tokenizers.target.decode_batch(tokens)
