@@ -29,6 +29,7 @@ __all__ = [
     "validate_config",
     "check_workdir",
     "identity",
+    "diff",
     "save_config",
 ]
 
@@ -131,12 +132,16 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
-def _diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+def diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences of two nested dicts (another model family: only that)."""
+    if prefix == "" and stored.get("model", {}).get("family") != current.get("model", {}).get("family"):
+        return [f"model.family: workdir has {stored['model'].get('family')!r}, "
+                f"config has {current['model'].get('family')!r}"]
     out = []
     for key in sorted(set(stored) | set(current)):
         a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
+            out += diff(a, b, f"{prefix}{key}.")
         elif json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
             out.append(f"{prefix}{key}: workdir has {a!r}, config has {b!r}")
     return out
@@ -155,7 +160,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
         return False
     with open(path, encoding="utf-8") as f:
         stored = json.load(f)
-    differences = _diff(identity(ml_collections.ConfigDict(stored)), identity(config))
+    differences = diff(identity(ml_collections.ConfigDict(stored)), identity(config))
     if differences:
         raise ValueError(
             f"workdir {workdir!r} holds a different model ({'; '.join(differences[:3])}); "

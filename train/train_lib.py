@@ -80,7 +80,7 @@ def _checkpoint_config(config, tokenizers) -> dict[str, Any]:
 def _check_checkpoint(ckpt, step, config, tokenizers) -> None:
     stored = ckpt.restore_config(step)
     tokenizers.check(stored["vocab"])
-    differences = run_config._diff(
+    differences = run_config.diff(
         run_config.identity(ml_collections.ConfigDict(stored["config"])), run_config.identity(config)
     )
     if differences:
