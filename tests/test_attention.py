@@ -18,7 +18,8 @@ IMPLS = ("reference", "xla", None)
 
 
 def _normal(i, shape, dtype=jnp.float32):
-    return jax.random.normal(jax.random.PRNGKey(i), shape, dtype)
+    # numpy draws: eager jax.random would compile a sampler per new shape.
+    return jnp.asarray(np.random.default_rng(i).standard_normal(shape), dtype)
 
 
 def _qkv(n=N, k=N, t=T, s=S, seed=0):
@@ -58,9 +59,12 @@ def _jax_nn(q, k, v, mask=None, bias=None):
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
 
 
-def _value_and_grads(fn, q, k, v, cot):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return (out, *vjp(cot))
+def _value_and_grads(fn, q, k, v, cot, jit=True):
+    def run(q, k, v, cot):
+        out, vjp = jax.vjp(fn, q, k, v)
+        return (out, *vjp(cot))
+    # One jit compiles faster than eager op-by-op dispatch at these sizes.
+    return jax.jit(run)(q, k, v, cot) if jit else run(q, k, v, cot)
 
 
 class DotProductParityTest(chex.TestCase):
@@ -72,16 +76,20 @@ class DotProductParityTest(chex.TestCase):
         q, kk, v = _qkv(n, k)
         mask = _masks()[mask_name]
         cot = _normal(9, (B, T, n, H))
-        peers = {"naive": _naive, "jax.nn": _jax_nn, "flax.linen": _flax}
-        want = _value_and_grads(lambda *a: _naive(*a, mask), q, kk, v, cot)
-        for name, fn in peers.items():
-            got = _value_and_grads(lambda *a: fn(*a, mask), q, kk, v, cot)
-            chex.assert_trees_all_close(got, want, atol=1e-5, custom_message=name)
+        fns = {"naive": _naive, "jax.nn": _jax_nn, "flax.linen": _flax}
         for impl in IMPLS:
-            fn = functools.partial(jaxattn.dot_product_attention, implementation=impl)
-            got = _value_and_grads(lambda *a: fn(*a, mask), q, kk, v, cot)
+            fns[f"jaxattn {impl}"] = functools.partial(
+                jaxattn.dot_product_attention, implementation=impl)
+
+        @jax.jit  # one compilation for all of them
+        def everything(q, k, v, cot):
+            return {name: _value_and_grads(lambda *a, fn=fn: fn(*a, mask), q, k, v, cot, jit=False)
+                    for name, fn in fns.items()}
+
+        results = everything(q, kk, v, cot)
+        for name, got in results.items():
             chex.assert_shape(got, [(B, T, n, H), (B, T, n, H), (B, S, k, H), (B, S, k, H)])
-            chex.assert_trees_all_close(got, want, atol=1e-5, custom_message=str(impl))
+            chex.assert_trees_all_close(got, results["naive"], atol=1e-5, custom_message=name)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_jit_and_eager_agree(self):
@@ -92,7 +100,7 @@ class DotProductParityTest(chex.TestCase):
         for impl in IMPLS:
             fn = self.variant(lambda q, k, v, impl=impl: _value_and_grads(
                 lambda *a: jaxattn.dot_product_attention(*a, mask, implementation=impl),
-                q, k, v, cot))
+                q, k, v, cot, jit=False))
             chex.assert_trees_all_close(fn(q, k, v), want, atol=1e-5, custom_message=str(impl))
 
     def test_bias_parity(self):
@@ -104,10 +112,10 @@ class DotProductParityTest(chex.TestCase):
         for impl in IMPLS:
             got = jaxattn.dot_product_attention(q, k, v, mask, bias, implementation=impl)
             np.testing.assert_allclose(got, want, atol=1e-5, err_msg=str(impl))
-        g_ref = jax.grad(lambda b: jnp.sum(_naive(q, k, v, mask, b) ** 2))(bias)
+        g_ref = jax.jit(jax.grad(lambda b: jnp.sum(_naive(q, k, v, mask, b) ** 2)))(bias)
         for impl in IMPLS:
-            g = jax.grad(lambda b: jnp.sum(jaxattn.dot_product_attention(
-                q, k, v, mask, b, implementation=impl) ** 2))(bias)
+            g = jax.jit(jax.grad(lambda b: jnp.sum(jaxattn.dot_product_attention(
+                q, k, v, mask, b, implementation=impl) ** 2)))(bias)
             np.testing.assert_allclose(g, g_ref, atol=1e-5, err_msg=str(impl))
 
     def test_scale(self):
@@ -131,7 +139,7 @@ class DotProductPropertiesTest(chex.TestCase):
         cot = _normal(9, (B, T, 6, H))
         for impl in IMPLS:
             fn = self.variant(functools.partial(jaxattn.dot_product_attention, implementation=impl))
-            out, dq, dk, dv = _value_and_grads(lambda *a: fn(*a, mask), q, k, v, cot)
+            out, dq, dk, dv = _value_and_grads(lambda *a: fn(*a, mask), q, k, v, cot, jit=False)
             chex.assert_shape(out, (B, T, 6, H))
             np.testing.assert_array_equal(np.asarray(out)[np.asarray(empty)], 0.0)
             for g in (dq, dk, dv):
@@ -167,8 +175,8 @@ class DotProductPropertiesTest(chex.TestCase):
         q, k, _ = _qkv(s=H)
         v = jnp.broadcast_to(jnp.eye(H)[None, :, None, :], (B, H, N, H))
         rate = 0.4
-        drop = functools.partial(jaxattn.dot_product_attention, dropout_rate=rate,
-                                 return_weights=True)
+        drop = jax.jit(functools.partial(jaxattn.dot_product_attention, dropout_rate=rate,
+                                         return_weights=True))
         out, w = drop(q, k, v, dropout_rng=jax.random.PRNGKey(1))
         w = np.transpose(np.asarray(w), (0, 2, 1, 3))  # [B, T, N, S]
         kept = np.isclose(np.asarray(out), w / (1 - rate), rtol=1e-5)

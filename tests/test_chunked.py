@@ -16,7 +16,8 @@ B, T, S, N, K, H = 3, 5, 7, 6, 3, 11
 
 
 def _normal(i, shape, dtype=jnp.float32):
-    return jax.random.normal(jax.random.PRNGKey(i), shape, dtype)
+    # numpy draws: eager jax.random would compile a sampler per new shape.
+    return jnp.asarray(np.random.default_rng(i).standard_normal(shape), dtype)
 
 
 def _qkv(t=T, s=S, n=N, k=K):
@@ -63,14 +64,19 @@ class ChunkedParityTest(chex.TestCase):
             kwargs.update(query_segment_ids=q_seg, key_segment_ids=k_seg)
             masks.append(jaxattn.segment_mask(q_seg, k_seg))
         if case.get("dense"):
-            kwargs["mask"] = jax.random.bernoulli(jax.random.PRNGKey(3), 0.6, (B, n, T, S))
+            kwargs["mask"] = jnp.asarray(np.random.default_rng(3).random((B, n, T, S)) < 0.6)
             masks.append(kwargs["mask"])
         mask = jaxattn.combine_masks(*masks)
-        want = _value_and_grads(lambda *a: _dense(*a, mask), q, kk, v)
-        for qc, kc in chunks:
-            fn = functools.partial(jaxattn.chunked_dot_product_attention, **kwargs,
-                                   query_chunk_size=qc, key_chunk_size=kc)
-            got = _value_and_grads(fn, q, kk, v)
+
+        @jax.jit  # one compilation for the dense reference and every chunking
+        def everything(q, k, v):
+            want = _value_and_grads(lambda *a: _dense(*a, mask), q, k, v, jit=False)
+            return want, [_value_and_grads(functools.partial(
+                jaxattn.chunked_dot_product_attention, **kwargs, query_chunk_size=qc,
+                key_chunk_size=kc), q, k, v, jit=False) for qc, kc in chunks]
+
+        want, results = everything(q, kk, v)
+        for (qc, kc), got in zip(chunks, results):
             chex.assert_shape(got, [(B, T, n, H), (B, T, n, H), (B, S, k, H), (B, S, k, H)])
             chex.assert_trees_all_close(got, want, atol=1e-5, custom_message=f"chunks {qc}, {kc}")
 

@@ -13,7 +13,13 @@ B, T, S, N, H, D = 3, 5, 7, 2, 11, 9
 
 
 def _normal(i, shape):
-    return jax.random.normal(jax.random.PRNGKey(i), shape)
+    # numpy draws: eager jax.random would compile a sampler per new shape.
+    return jnp.asarray(np.random.default_rng(i).standard_normal(shape), jnp.float32)
+
+
+# Jitted once: eager op-by-op dispatch compiles more, at these sizes, than one jit.
+_mha = jax.jit(jaxattn.multi_head_attention,
+               static_argnames=("return_weights", "implementation", "dropout_rate"))
 
 
 def _flax_mha(**kw):
@@ -67,7 +73,7 @@ class MultiHeadTest(chex.TestCase):
         module = _flax_mha(out_features=4)
         params = module.init(jax.random.PRNGKey(3), x)["params"]
         mask = jaxattn.causal_mask(T)
-        out = jaxattn.multi_head_attention(params, x, mask=mask)
+        out = _mha(params, x, mask=mask)
         chex.assert_shape(out, (B, T, 4))
         np.testing.assert_allclose(out, module.apply({"params": params}, x, mask=mask), atol=1e-5)
 
@@ -80,22 +86,22 @@ class MultiHeadTest(chex.TestCase):
                for name in ("key", "value")}
         full = dict(p, **rep)  # the same model written with N kv heads
         mask = jaxattn.causal_mask(T)
-        out, w = jaxattn.multi_head_attention(p, x, mask=mask, return_weights=True)
+        out, w = _mha(p, x, mask=mask, return_weights=True)
         chex.assert_shape([out, w], [(B, T, D), (B, n, T, T)])
-        np.testing.assert_allclose(out, jaxattn.multi_head_attention(full, x, mask=mask), atol=1e-5)
+        np.testing.assert_allclose(out, _mha(full, x, mask=mask), atol=1e-5)
 
     def test_self_attention_is_permutation_equivariant(self):
         x = _normal(0, (B, T, D))
         p = jaxattn.init_multi_head_params(jax.random.PRNGKey(5), D, N, head_dim=H)
         perm = np.array([3, 0, 4, 1, 2])
-        out = jaxattn.multi_head_attention(p, x)
-        np.testing.assert_allclose(jaxattn.multi_head_attention(p, x[:, perm]), out[:, perm], atol=1e-5)
+        out = _mha(p, x)
+        np.testing.assert_allclose(_mha(p, x[:, perm]), out[:, perm], atol=1e-5)
 
     def test_dropout_is_passed_through(self):
         x = _normal(0, (B, T, D))
         p = jaxattn.init_multi_head_params(jax.random.PRNGKey(6), D, N, head_dim=H)
-        a = jaxattn.multi_head_attention(p, x, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(0))
-        b = jaxattn.multi_head_attention(p, x, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(1))
+        a = _mha(p, x, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(0))
+        b = _mha(p, x, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(1))
         assert not np.allclose(a, b)
 
     def test_project_heads_and_out(self):
