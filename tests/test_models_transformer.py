@@ -177,3 +177,26 @@ def test_scheduled_sampling_is_rejected(setup):
 def test_build_model_rejects_unknown_config():
     with pytest.raises(ValueError, match="config"):
         build_model({"vocab_size": 3})
+
+
+def test_sinusoidal_positions_match_the_paper():
+    from jaxattn.models import sinusoidal_positions
+    positions = jnp.asarray([[0, 1, 5]], jnp.int32)
+    d = 6
+    pe = sinusoidal_positions(positions, d)
+    chex.assert_shape(pe, (1, 3, d))
+    for j, pos in enumerate([0, 1, 5]):
+        for i in range(d // 2):
+            angle = pos / 10_000 ** (2 * i / d)
+            np.testing.assert_allclose(pe[0, j, 2 * i], np.sin(angle), atol=1e-6)
+            np.testing.assert_allclose(pe[0, j, 2 * i + 1], np.cos(angle), atol=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        sinusoidal_positions(positions, 5)
+
+
+def test_shift_right_restarts_every_segment():
+    from jaxattn.models import shift_right
+    targets = jnp.asarray([[5, 3, 7, 8, 3, 0]], jnp.int32)
+    np.testing.assert_array_equal(shift_right(targets, 2), [[2, 5, 3, 7, 8, 3]])
+    segments = jnp.asarray([[1, 1, 2, 2, 2, 0]], jnp.int32)
+    np.testing.assert_array_equal(shift_right(targets, 2, segments)[:, :5], [[2, 5, 2, 7, 8]])

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxattn.attention import additive_attention, luong_attention
 from jaxattn.models.configs import RNNConfig
-from jaxattn.models.rnn_encoder import CELLS, _hidden
+from jaxattn.models.rnn_encoder import CELLS, final_hidden
 from jaxattn.scores import dot_score, general_score
 
 __all__ = ["DecoderCell", "needs_projected_keys"]
@@ -119,7 +119,7 @@ class DecoderCell(nn.Module):
         emb = self.dropout(emb, deterministic=not train)
         weights = None
         if cfg.attention == "bahdanau":
-            context, weights = self._attend(_hidden(carry["rnn"][-1]), memory)  # from s_{t-1}
+            context, weights = self._attend(final_hidden(carry["rnn"][-1]), memory)  # from s_{t-1}
             x = jnp.concatenate([emb, context.astype(cfg.dtype)], axis=-1)  # [B, E + De]
         elif cfg.attention == "none":
             context = memory["context"]  # [B, De]

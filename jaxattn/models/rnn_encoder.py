@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxattn import masks
 from jaxattn.models.configs import RNNConfig
 
-__all__ = ["CELLS", "RNNEncoder", "Bridge"]
+__all__ = ["CELLS", "RNNEncoder", "Bridge", "final_hidden"]
 
 # Cell choice by config name (no strings as code: an explicit dict of classes).
 CELLS = {
@@ -28,7 +28,7 @@ CELLS = {
 }
 
 
-def _hidden(carry):
+def final_hidden(carry):
     """The output state h of a cell carry (LSTM carry is (c, h); GRU carry is h)."""
     return carry[1] if isinstance(carry, tuple) else carry
 
@@ -98,8 +98,8 @@ class RNNEncoder(nn.Module):
         top = finals[-1]
         if bidirectional:
             forward, backward = top
-            return jnp.concatenate([_hidden(forward), _hidden(backward)], axis=-1)  # [B, 2Hd]
-        return _hidden(top)  # [B, Hd]
+            return jnp.concatenate([final_hidden(forward), final_hidden(backward)], axis=-1)  # [B, 2Hd]
+        return final_hidden(top)  # [B, Hd]
 
 
 class Bridge(nn.Module):
