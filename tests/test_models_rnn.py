@@ -194,3 +194,19 @@ def test_dot_score_needs_matching_sizes():
     with pytest.raises(ValueError, match="decoder_hidden_size"):
         RNNConfig(vocab_size=V, attention="luong", score="dot", hidden_size=8,
                   decoder_hidden_size=12)
+
+
+def test_dropout_and_scheduled_sampling_in_training():
+    config = _config("luong-dot-lstm", dropout_rate=0.3)
+    model = build_model(config)
+    inputs, targets = _batch()
+    variables = numpy_init(model, inputs, targets)
+    train = jax.jit(lambda seed, p: model.apply(
+        variables, inputs, targets, train=True, sampling_prob=p,
+        rngs={"dropout": jax.random.key(seed), "sampling": jax.random.key(seed + 1)}))
+    a, b = train(0, 0.25), train(1, 0.25)
+    chex.assert_tree_all_finite((a, b))
+    assert not np.allclose(a, b)
+    no_dropout = build_model(config.replace(dropout_rate=0.0))
+    np.testing.assert_allclose(model.apply(variables, inputs, targets),
+                               no_dropout.apply(variables, inputs, targets), atol=1e-6)
