@@ -10,6 +10,8 @@ Ainslie et al. 2023). The parameter layout is that of
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -62,6 +64,8 @@ def init_multi_head_params(rng, features: int, num_heads: int, *, head_dim=None,
                 f"num_heads: expected a divisor of features={features} when "
                 f"head_dim is None, got {num_heads}")
         head_dim = features // num_heads
+    if not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"head_dim: expected a positive int or None, got {head_dim!r}")
     if num_heads % num_kv_heads:
         raise ValueError(
             f"num_kv_heads: expected a divisor of num_heads={num_heads}, got {num_kv_heads}")
@@ -70,7 +74,7 @@ def init_multi_head_params(rng, features: int, num_heads: int, *, head_dim=None,
 
     def dense(r, fan_in, kernel_shape, bias_shape):
         flat = jax.nn.initializers.lecun_normal()(
-            r, (fan_in, _prod(kernel_shape) // fan_in), dtype)
+            r, (fan_in, math.prod(kernel_shape) // fan_in), dtype)
         p = {"kernel": flat.reshape(kernel_shape)}
         if use_bias:
             p["bias"] = jnp.zeros(bias_shape, dtype)
@@ -84,13 +88,6 @@ def init_multi_head_params(rng, features: int, num_heads: int, *, head_dim=None,
     }
 
 
-def _prod(shape):
-    out = 1
-    for d in shape:
-        out *= d
-    return out
-
-
 def project_heads(proj_params, x):
     """Projects and splits into heads: x W + b.
 
@@ -102,11 +99,11 @@ def project_heads(proj_params, x):
       [B, T, N, H].
     """
     kernel = proj_params["kernel"]
-    d, n, h = _checks.check_rank(kernel, "kernel", "DNH")
-    b, t, _ = _checks.check_shape(x, "x", (None, None, d), "BTD")
+    d, n, h = _checks.check_rank(kernel, "proj_params['kernel']", "DNH")
+    _checks.check_shape(x, "x", (None, None, d), "BTD")
     y = jnp.einsum("BTD,DNH->BTNH", x, kernel)  # [B, T, N, H]
     if "bias" in proj_params:
-        _checks.check_shape(proj_params["bias"], "bias", (n, h), "NH")
+        _checks.check_shape(proj_params["bias"], "proj_params['bias']", (n, h), "NH")
         y = y + proj_params["bias"][None, None]  # [B, T, N, H]
     return y
 
@@ -122,11 +119,11 @@ def project_out(out_params, x):
       [B, T, D].
     """
     kernel = out_params["kernel"]
-    n, h, d = _checks.check_rank(kernel, "kernel", "NHD")
+    n, h, d = _checks.check_rank(kernel, "out_params['kernel']", "NHD")
     _checks.check_shape(x, "x", (None, None, n, h), "BTNH")
     y = jnp.einsum("BTNH,NHD->BTD", x, kernel)  # [B, T, D]
     if "bias" in out_params:
-        _checks.check_shape(out_params["bias"], "bias", (d,), "D")
+        _checks.check_shape(out_params["bias"], "out_params['bias']", (d,), "D")
         y = y + out_params["bias"][None, None]  # [B, T, D]
     return y
 
