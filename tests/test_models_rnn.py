@@ -1,5 +1,7 @@
 """RNN encoder-decoder family: shapes, causality, padding, cached steps, scheduled
 sampling, bf16, overfitting, errors."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -67,7 +69,8 @@ def test_shapes_and_alignment(setup):
     chex.assert_shape(logits, (3, 5, V))
     chex.assert_type(logits, jnp.float32)
     capture = build_model(config.replace(capture_attention=True))
-    _, state = capture.apply(variables, inputs, targets, mutable=["intermediates"])
+    _, state = jax.jit(functools.partial(capture.apply, mutable=["intermediates"]))(
+        variables, inputs, targets)
     if config.attention == "none":
         assert "intermediates" not in state or not state["intermediates"]
         return
@@ -77,7 +80,8 @@ def test_shapes_and_alignment(setup):
     np.testing.assert_allclose(alignment.sum(-1), 1.0, atol=1e-5)
     assert np.all(np.asarray(alignment)[~np.broadcast_to(valid[:, None, :], alignment.shape)] == 0)
     # The default path sows nothing.
-    _, state = model.apply(variables, inputs, targets, mutable=["intermediates"])
+    _, state = jax.eval_shape(functools.partial(model.apply, mutable=["intermediates"]),
+                              variables, inputs, targets)
     assert not state.get("intermediates")
 
 

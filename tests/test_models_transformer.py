@@ -1,6 +1,8 @@
 """Transformer: shapes and attention weights, causality, padding, packing, cached
 steps, GQA, dropout, bf16, parameter count, errors. (Overfitting a tiny batch is
 checked in test_decoding.py, whose fixture trains a Transformer.)"""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -51,7 +53,8 @@ def test_shapes_and_attention_weights(setup):
     chex.assert_shape(logits, (3, 5, V))
     chex.assert_type(logits, jnp.float32)
     capture = build_model(config.replace(capture_attention=True))
-    captured, state = capture.apply(variables, inputs, targets, mutable=["intermediates"])
+    captured, state = jax.jit(functools.partial(capture.apply, mutable=["intermediates"]))(
+        variables, inputs, targets)
     np.testing.assert_allclose(captured, logits, atol=1e-5)
     weights = collect_attention_weights(state["intermediates"])
     chex.assert_shape(weights["encoder_self"], (2, 3, 4, 7, 7))
@@ -62,7 +65,8 @@ def test_shapes_and_attention_weights(setup):
     future = np.triu(np.ones((5, 5), bool), k=1)
     assert np.all(np.asarray(weights["decoder_self"])[..., future] == 0)
     np.testing.assert_allclose(weights["cross"].sum(-1), 1.0, atol=1e-5)
-    _, state = model.apply(variables, inputs, targets, mutable=["intermediates"])
+    _, state = jax.eval_shape(functools.partial(model.apply, mutable=["intermediates"]),
+                              variables, inputs, targets)
     assert not state.get("intermediates")  # nothing computed on the default path
 
 
