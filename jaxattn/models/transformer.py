@@ -12,7 +12,6 @@ Trainer-facing interface (shared with `RNNSeq2Seq`, see `jaxattn.models`):
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxattn import _checks, masks
