@@ -93,3 +93,12 @@ def test_plot_attention_rejects_bad_shapes(tmp_path):
         heatmaps.plot_attention(np.ones(6), ["a"], ["b"], str(tmp_path / "a.png"))
     with pytest.raises(ValueError, match="token lists"):
         heatmaps.plot_attention(np.ones((2, 2)), list("abc"), ["b"], str(tmp_path / "a.png"))
+
+
+def test_relative_checkpoint_directory(tmp_path, monkeypatch):
+    # `--workdir=runs/x` is relative; Orbax itself only accepts absolute paths.
+    monkeypatch.chdir(tmp_path)
+    ckpt = checkpoint.Checkpointer(os.path.join("runs", "x", "checkpoints"), keep=1)
+    ckpt.save(3, _state(2.0), jax.random.PRNGKey(0), None, {"a": 1})
+    ckpt.close()
+    assert os.path.isdir(tmp_path / "runs" / "x" / "checkpoints" / "3" / "state")

@@ -92,6 +92,8 @@ def test_family_train_resume_eval_translate(tmp_path, data_dir, name):
     if name == "rnn_bahdanau":
         config.scheduled_sampling.kind = "linear"
         config.scheduled_sampling.ramp_steps = 4
+    if name == "rnn_plain":
+        config.parallel = "pmap"  # the pmap path end to end (jit vs pmap parity: test_train_steps)
     summary = train_lib.train_and_evaluate(config, workdir)
     assert summary["step"] == 6 and not summary["interrupted"]
     for split in ("validation", "test"):
@@ -148,12 +150,6 @@ def test_interrupted_run_resumes_bitwise(tmp_path, data_dir, monkeypatch):
     jax.tree.map(np.testing.assert_array_equal, a, b)
     leaves = jax.tree.leaves(a)
     assert any(not np.array_equal(x, y) for x, y in zip(leaves, jax.tree.leaves(_params(resumed, 4))))
-
-
-def test_pmap_run(tmp_path, data_dir):
-    config = tiny(transformer, data_dir, parallel="pmap", num_train_steps=4, num_heatmaps=1)
-    summary = train_lib.train_and_evaluate(config, str(tmp_path / "pmap"))
-    assert summary["step"] == 4 and np.isfinite(summary["test/nll"])
 
 
 def test_catalog_dataset_with_mock_data(tmp_path):

@@ -17,6 +17,7 @@ background thread. `close()` waits for the writes to finish.
 after every step: finish the step, save, wait, exit 0.
 """
 
+import os
 import signal
 import threading
 from typing import Any
@@ -63,7 +64,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(
-            directory, options=options, item_names=("state", "data", "config")
+            os.path.abspath(directory), options=options, item_names=("state", "data", "config")
         )
 
     def latest_step(self) -> int | None:

@@ -1,7 +1,7 @@
 """Evaluation: teacher-forced loss, decoding, BLEU / chrF / exact match, samples, heatmaps.
 
-BLEU (Papineni et al. 2002) and chrF (Popovic 2015) are sacrebleu's corpus
-scores on detokenised text (the SentencePiece decode of the hypothesis against
+BLEU (Papineni et al. 2002, with sacrebleu's effective order) and chrF
+(Popovic 2015) are sacrebleu's corpus scores on detokenised text (the SentencePiece decode of the hypothesis against
 the raw reference), so they are comparable with published numbers. Exact match
 is the share of hypotheses equal to their reference after whitespace
 normalisation.
@@ -60,8 +60,12 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     if not hypotheses:
         return {"bleu": 0.0, "chrf": 0.0, "exact_match": 0.0}
     exact = np.mean([_normalise(h) == _normalise(r) for h, r in zip(hypotheses, references)])
+    # effective_order: n-gram orders absent from the whole corpus are left out of the
+    # geometric mean. Identical to standard BLEU whenever 4-grams exist; without it a
+    # corpus of one-word sentences (German number compounds) scores 0 even when perfect.
+    bleu = sacrebleu.metrics.BLEU(effective_order=True)
     return {
-        "bleu": float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score),
+        "bleu": float(bleu.corpus_score(list(hypotheses), [list(references)]).score),
         "chrf": float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score),
         "exact_match": float(exact),
     }

@@ -5,7 +5,7 @@ trains a SentencePiece vocabulary, trains, evaluates, decodes, plots attention.
 
     python -m train.translate                                   # this config, runs/default
     python -m train.translate --config=train/configs/transformer.py --workdir=runs/tf \
-        --config.num_train_steps=4000 --config.model.emb_dim=256
+        --config.num_train_steps=2000 --config.model.emb_dim=256
 """
 
 import ml_collections
@@ -44,13 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.tokens_per_batch = 2048  # rows = 2048 // bucket length
     config.data.eval_max_examples = 0  # decode the whole test split at the end
 
-    config.num_train_steps = 2000
+    config.num_train_steps = 600  # 100% exact match on validation already at step 500
     config.schedule = "noam"
     config.learning_rate = 2e-3  # peak, after warmup
     config.warmup_steps = 200
     config.label_smoothing = 0.1
-    config.eval_every_steps = 500
-    config.checkpoint_every_steps = 500
+    config.eval_every_steps = 300
+    config.checkpoint_every_steps = 300
     config.decode.strategy = "greedy"
     config.decode.max_length = 40
     return config
