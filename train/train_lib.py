@@ -222,10 +222,11 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
         state = parallel.create_state(run.init_fn, init_rng)
         rng = jax.device_put(rng, parallel.rng_sharding)
     run_config.save_config(config, run.workdir)
-    step = int(jax.device_get(parallel.host_state(state).step))
+    shapes = jax.eval_shape(run.init_fn, sharding.global_rng(config.seed))  # no device-to-host copy
+    step = int(parallel.fetch(state.step))
     _log.info("%s at step %d: %s model, %d parameters, %s over %d device(s), workdir %s",
               "Resuming" if latest is not None else "Starting", step, run.family,
-              sum(x.size for x in jax.tree.leaves(parallel.host_state(state).params)),
+              sum(x.size for x in jax.tree.leaves(shapes.params)),
               parallel.name, jax.device_count(), run.workdir)
 
     sampling = optim.make_sampling_schedule(config) if config.scheduled_sampling.kind != "none" else None
