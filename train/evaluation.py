@@ -35,8 +35,14 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-def make_decode_fn(model: nn.Module, decode_config: Any) -> Callable[[Any, Any], jax.Array]:
-    """A jitted `fn(params, inputs [B, S]) -> tokens [B, T']` for `decode_config.strategy`."""
+def make_decode_fn(
+    model: nn.Module, decode_config: Any, out_sharding: Any = None
+) -> Callable[[Any, Any], jax.Array]:
+    """A jitted `fn(params, inputs [B, S]) -> tokens [B, T']` for `decode_config.strategy`.
+
+    `out_sharding` (e.g. replicated over the mesh) keeps the tokens readable on
+    every host of a multi-host run.
+    """
     cfg = model.config
     common = dict(max_len=decode_config.max_length, bos_id=cfg.bos_id, eos_id=cfg.eos_id)
     strategies = {
@@ -46,7 +52,7 @@ def make_decode_fn(model: nn.Module, decode_config: Any) -> Callable[[Any, Any],
         ),
     }
     decode = strategies[decode_config.strategy]
-    return jax.jit(lambda params, inputs: decode(params, inputs))
+    return jax.jit(lambda params, inputs: decode(params, inputs), out_shardings=out_sharding)
 
 
 def _normalise(text: str) -> str:

@@ -80,6 +80,7 @@ class MeshParallel:
         self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
         self.num_devices = len(devices)
         self.rng_sharding = self.replicated  # where the run's base key lives
+        self.decode_sharding = self.replicated  # decoded tokens: readable on every host
         self._state_sharding = None
 
     def create_state(self, init_fn: Callable[[jax.Array], Any], rng: jax.Array) -> Any:
@@ -148,6 +149,7 @@ class PmapParallel:
         self.devices = jax.local_devices() if devices is None else devices
         self.num_devices = len(self.devices)
         self.rng_sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+        self.decode_sharding = None  # decoding runs on the first local device
 
     def _replicate(self, tree: Any) -> Any:
         return jax_utils.replicate(tree, self.devices)

@@ -57,7 +57,7 @@ class _Run:
         """(eval_step, decode) compiled once per run."""
         eval_fn = self.parallel.compile_eval_step(
             functools.partial(steps.eval_step, model=self.model, label_smoothing=self.config.label_smoothing))
-        return eval_fn, evaluation.make_decode_fn(self.model, self.config.decode)
+        return eval_fn, evaluation.make_decode_fn(self.model, self.config.decode, self.parallel.decode_sharding)
 
     def capture_model(self):
         return run_config.build_model(self.config, self.model.config.vocab_size, capture_attention=True)
