@@ -100,6 +100,10 @@ def test_family_train_resume_eval_translate(tmp_path, data_dir, name):
         assert 0.0 <= summary[f"{split}/exact_match"] <= 1.0
         assert np.isfinite(summary[f"{split}/loss"]) and summary[f"{split}/perplexity"] > 1.0
         assert os.path.exists(os.path.join(workdir, "samples", f"{split}_final.txt"))
+        predictions = [json.loads(line) for line in open(os.path.join(workdir, "samples", f"{split}_step6.jsonl"))]
+        assert [p["index"] for p in predictions] == list(range(len(predictions))) and predictions
+        exact = np.mean([p["exact"] for p in predictions])
+        assert exact == pytest.approx(summary[f"{split}/exact_match"])
     for path in ("config.json", "metrics.jsonl", "vocab/shared.model", "tensorboard"):
         assert os.path.exists(os.path.join(workdir, path)), path
     heatmaps = os.listdir(os.path.join(workdir, "heatmaps")) if config.num_heatmaps else []
@@ -121,6 +125,9 @@ def test_family_train_resume_eval_translate(tmp_path, data_dir, name):
     assert 0.0 <= evaluated["test/bleu"] <= 100.0
     outputs = train_lib.translate(config, workdir, ["five", "one hundred and two"])
     assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    trained = train_lib.load_trained(config, workdir)
+    assert trained.step == 8
+    np.testing.assert_array_equal(jax.tree.leaves(trained.params)[0], jax.tree.leaves(_params(workdir, 8))[0])
 
 
 def test_interrupted_run_resumes_bitwise(tmp_path, data_dir, monkeypatch):

@@ -8,6 +8,7 @@ normalisation.
 """
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -170,6 +171,16 @@ def write_samples(path: str, rows: Sequence[dict[str, Any]], limit: int) -> list
             if len(lines) < limit:
                 lines.append(line)
     return lines
+
+
+def write_predictions(path: str, rows: Sequence[dict[str, Any]]) -> str:
+    """Writes every decoded example as one JSON line (`index`, `source`, `reference`, `hypothesis`, `exact`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            record = {key: row[key] for key in ("index", "source", "reference", "hypothesis")}
+            record["exact"] = _normalise(row["hypothesis"]) == _normalise(row["reference"])
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
 
 
 def write_heatmaps(

@@ -26,7 +26,7 @@ import tqdm
 from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps
 from train.data import Tokenizers, load_tokenizers, make_datasets
 
-__all__ = ["NonFiniteLossError", "train_and_evaluate", "evaluate", "translate"]
+__all__ = ["NonFiniteLossError", "Trained", "train_and_evaluate", "evaluate", "load_trained", "translate"]
 
 _log = logging.getLogger(__name__)
 CHECKPOINT_CHOICES = ("latest", "best")
@@ -113,6 +113,8 @@ def _evaluate_split(run: _Run, state, split: str, *, eval_fn, decode_fn, max_exa
         path = os.path.join(run.workdir, "samples", f"{split}_{tag}.txt")
         for line in evaluation.write_samples(path, rows, run.config.num_samples):
             _log.info("  %s", line)
+        if tag == "final":
+            evaluation.write_predictions(os.path.join(run.workdir, "samples", f"{split}_step{step}.jsonl"), rows)
     _log.info("Eval %s at step %d: loss %.4f, ppl %.2f, acc %.3f, BLEU %.2f, chrF %.2f, exact %.1f%%",
               split, step, scalars[f"{split}/nll"], scalars[f"{split}/perplexity"],
               scalars[f"{split}/accuracy"], scores["bleu"], scores["chrf"], 100 * scores["exact_match"])
@@ -327,9 +329,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: s
     return summary
 
 
-def translate(config: ml_collections.ConfigDict, workdir: str, sentences: Sequence[str],
-              checkpoint_name: str = "latest") -> list[str]:
-    """Translates `sentences` with the latest (or best) checkpoint in `workdir`."""
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A trained model restored from a workdir, ready for `model.apply` and decoding."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    params: Any
+    tokenizers: Tokenizers
+    step: int
+
+
+def load_trained(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: str = "latest") -> Trained:
+    """Restores the latest (or best) checkpoint in `workdir` on one device.
+
+    Notebooks use it after `train_and_evaluate` to look inside the model:
+    `trained.model.apply({"params": trained.params}, inputs, targets)`.
+    """
     run_config.validate_config(config)
     run_config.check_workdir(config, workdir)
     ckpt = _open_checkpoints(workdir)
@@ -340,13 +356,21 @@ def translate(config: ml_collections.ConfigDict, workdir: str, sentences: Sequen
         state, _ = _restore(run, ckpt, step)
     finally:
         ckpt.close()
+    return Trained(config, run.model, state.params, tokenizers, step)
+
+
+def translate(config: ml_collections.ConfigDict, workdir: str, sentences: Sequence[str],
+              checkpoint_name: str = "latest") -> list[str]:
+    """Translates `sentences` with the latest (or best) checkpoint in `workdir`."""
+    trained = load_trained(config, workdir, checkpoint_name)
     if not sentences:
         return []
-    decode_fn = evaluation.make_decode_fn(run.model, config.decode)
+    tokenizers = trained.tokenizers
+    decode_fn = evaluation.make_decode_fn(trained.model, config.decode)
     encoded = [tokenizers.source.encode(s) for s in sentences]
     length = max(len(e) for e in encoded)
     inputs = np.zeros((len(encoded), length), np.int32)                    # [B, S]
     for i, e in enumerate(encoded):
         inputs[i, : len(e)] = e
-    tokens = np.asarray(jax.device_get(decode_fn(state.params, inputs)))    # [B, T']
+    tokens = np.asarray(jax.device_get(decode_fn(trained.params, inputs)))  # [B, T']
     return tokenizers.target.decode_batch(tokens)
