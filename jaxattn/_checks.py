@@ -75,3 +75,28 @@ def check_broadcastable(x, name: str, target: Sequence[int],
 def to_rank(x, ndim: int):
     """Prepends unit axes up to `ndim` (the suite forbids implicit rank promotion)."""
     return jnp.reshape(x, (1,) * (ndim - jnp.ndim(x)) + tuple(jnp.shape(x)))
+
+
+def check_qkv(query, key, value, mask=None, bias=None) -> tuple[int, int, int, int, int, int]:
+    """Validates [B, T, N, H] query, [B, S, K, H] key/value (K divides N, one dtype), mask, bias.
+
+    Returns:
+      (B, T, N, H, S, K).
+    """
+    b, t, n, h = check_rank(query, "query", "BTNH")
+    _, s, k, _ = check_shape(key, "key", (b, None, None, h), "BSKH")
+    check_shape(value, "value", key.shape, "BSKH")
+    if k == 0 or n % k:
+        raise ValueError(
+            f"key: expected a number of kv heads K dividing the query heads "
+            f"N={n}, got shape {fmt(key.shape)}")
+    if len({jnp.result_type(x) for x in (query, key, value)}) != 1:
+        raise ValueError(
+            f"query, key, value: expected one dtype, got {jnp.result_type(query)}, "
+            f"{jnp.result_type(key)}, {jnp.result_type(value)}")
+    if mask is not None:
+        check_bool(mask, "mask")
+        check_broadcastable(mask, "mask", (b, n, t, s), "BNTS")
+    if bias is not None:
+        check_broadcastable(bias, "bias", (b, n, t, s), "BNTS")
+    return b, t, n, h, s, k

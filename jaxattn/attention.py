@@ -115,27 +115,6 @@ def luong_attention(query, keys, values, score_fn=dot_score, mask=None):
     return _attend(energies, values, mask)
 
 
-def _check_dense_inputs(query, key, value, mask, bias):
-    b, t, n, h = _checks.check_rank(query, "query", "BTNH")
-    _, s, k, _ = _checks.check_shape(key, "key", (b, None, None, h), "BSKH")
-    _checks.check_shape(value, "value", key.shape, "BSKH")
-    if k == 0 or n % k:
-        raise ValueError(
-            f"key: expected a number of kv heads K dividing the query heads "
-            f"N={n}, got shape {_checks.fmt(key.shape)}")
-    dtypes = {jnp.result_type(x) for x in (query, key, value)}
-    if len(dtypes) != 1:
-        raise ValueError(
-            f"query, key, value: expected one dtype, got {jnp.result_type(query)}, "
-            f"{jnp.result_type(key)}, {jnp.result_type(value)}")
-    if mask is not None:
-        _checks.check_bool(mask, "mask")
-        _checks.check_broadcastable(mask, "mask", (b, n, t, s), "BNTS")
-    if bias is not None:
-        _checks.check_broadcastable(bias, "bias", (b, n, t, s), "BNTS")
-    return b, t, n, h, s, k
-
-
 def _reference(query, key, value, mask, bias, scale, dropout_rate, dropout_rng):
     b, t, n, h = query.shape
     s, k = key.shape[1], key.shape[2]
@@ -255,7 +234,7 @@ def dot_product_attention(query, key, value, mask=None, bias=None, *, scale=None
       [B, T, N, H] outputs in the query dtype, or (outputs, weights
       [B, N, T, S]) if `return_weights`.
     """
-    _check_dense_inputs(query, key, value, mask, bias)
+    _checks.check_qkv(query, key, value, mask, bias)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")

@@ -71,24 +71,11 @@ def chunked_dot_product_attention(query, key, value, mask=None, *, causal=False,
     Returns:
       [B, T, N, H] in the query dtype.
     """
-    b, t, n, h = _checks.check_rank(query, "query", "BTNH")
-    _, s, k, _ = _checks.check_shape(key, "key", (b, None, None, h), "BSKH")
-    _checks.check_shape(value, "value", key.shape, "BSKH")
-    if k == 0 or n % k:
-        raise ValueError(
-            f"key: expected a number of kv heads K dividing the query heads "
-            f"N={n}, got shape {_checks.fmt(key.shape)}")
-    if len({jnp.result_type(x) for x in (query, key, value)}) != 1:
-        raise ValueError(
-            f"query, key, value: expected one dtype, got {jnp.result_type(query)}, "
-            f"{jnp.result_type(key)}, {jnp.result_type(value)}")
+    b, t, n, h, s, k = _checks.check_qkv(query, key, value, mask)
     for name, size in (("query_chunk_size", query_chunk_size),
                        ("key_chunk_size", key_chunk_size)):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"{name}: expected a positive int, got {size!r}")
-    if mask is not None:
-        _checks.check_bool(mask, "mask")
-        _checks.check_broadcastable(mask, "mask", (b, n, t, s), "BNTS")
     if key_valid is not None:
         _checks.check_shape(key_valid, "key_valid", (b, s), "BS")
         _checks.check_bool(key_valid, "key_valid")
