@@ -5,9 +5,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from model_params import numpy_init
+from model_params import fit, numpy_init, token_loss
 
 from jaxattn.decoding import beam_search, greedy_decode, length_penalty, sample_decode
 from jaxattn.models import RNNConfig, TransformerConfig, build_model
@@ -41,25 +40,8 @@ def _task():
 def _train(model, steps=120):
     inputs, targets = _task()
     variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
-    optimizer = optax.adam(1e-2)
-    weights = (targets != 0).astype(jnp.float32)
-
-    def loss_fn(v):
-        logits = model.apply(v, inputs, targets)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return jnp.sum(losses * weights) / jnp.sum(weights)
-
-    @jax.jit
-    def train(v):
-        def step(carry, _):
-            v, s = carry
-            grads = jax.grad(loss_fn)(v)
-            updates, s = optimizer.update(grads, s)
-            return (optax.apply_updates(v, updates), s), None
-        return jax.lax.scan(step, (v, optimizer.init(v)), None, length=steps)[0][0]
-
-    trained = train(variables)
-    return variables, trained, float(loss_fn(trained))
+    trained, _ = fit(model, variables, inputs, targets, steps=steps, lr=1e-2)
+    return variables, trained, float(token_loss(model, trained, inputs, targets))
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from model_params import numpy_init
+from model_params import fit, numpy_init, toy_batch
 
 from jaxattn.models import RNNConfig, build_model
 
@@ -32,17 +31,6 @@ def _config(name, **overrides):
     return RNNConfig(vocab_size=V, **{**fields, **VARIANTS[name], **overrides})
 
 
-def _batch():
-    # B, S, T = 3, 7, 5 (distinct so a swapped axis cannot pass).
-    inputs = np.array([[5, 6, 7, 8, 9, 4, 3],
-                       [4, 5, 3, 0, 0, 0, 0],
-                       [9, 8, 7, 3, 0, 0, 0]], np.int32)
-    targets = np.array([[6, 7, 8, 9, 3],
-                        [5, 3, 0, 0, 0],
-                        [7, 8, 3, 0, 0]], np.int32)
-    return jnp.asarray(inputs), jnp.asarray(targets)
-
-
 class Jitted:
     """One compiled function per method and shape, shared by the tests of a variant."""
 
@@ -57,14 +45,14 @@ class Jitted:
 def setup(request):
     config = _config(request.param)
     model = build_model(config)
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     variables = numpy_init(model, inputs, targets)
     return config, model, variables, Jitted(model)
 
 
 def test_shapes_and_alignment(setup):
     config, model, variables, jitted = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     logits = jitted.forward(variables, inputs, targets)
     chex.assert_shape(logits, (3, 5, V))
     chex.assert_type(logits, jnp.float32)
@@ -87,7 +75,7 @@ def test_shapes_and_alignment(setup):
 
 def test_decoder_is_causal(setup):
     _, _, variables, jitted = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     changed = targets.at[:, 3:].set(11)
     a = jitted.forward(variables, inputs, targets)
     b = jitted.forward(variables, inputs, changed)
@@ -97,7 +85,7 @@ def test_decoder_is_causal(setup):
 
 def test_extra_source_padding_changes_nothing(setup):
     _, _, variables, jitted = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     padded = jnp.pad(inputs, ((0, 0), (0, 4)))
     np.testing.assert_allclose(jitted.forward(variables, padded, targets),
                                jitted.forward(variables, inputs, targets), atol=1e-5)
@@ -105,7 +93,7 @@ def test_extra_source_padding_changes_nothing(setup):
 
 def test_decode_step_matches_teacher_forcing(setup):
     _, model, variables, jitted = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     full = jitted.forward(variables, inputs, targets)
     encoded = jitted.encode(variables, inputs)
     memory, state = model.apply(variables, encoded, 5, method="init_cache")
@@ -119,7 +107,7 @@ def test_decode_step_matches_teacher_forcing(setup):
 
 def test_scheduled_sampling(setup):
     _, model, variables, jitted = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     forced = jitted.forward(variables, inputs, targets)
     apply = jax.jit(lambda p, rng: model.apply(variables, inputs, targets, sampling_prob=p,
                                                rngs={"sampling": rng}))
@@ -134,7 +122,7 @@ def test_scheduled_sampling(setup):
 def test_real_init_and_bf16_compute_is_finite():
     config = _config("bahdanau-gru-bi", dtype=jnp.bfloat16)
     model = build_model(config)
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     variables = jax.jit(model.init)(jax.random.key(0), inputs, targets)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
     logits = jax.jit(model.apply)(variables, inputs, targets)
@@ -143,27 +131,8 @@ def test_real_init_and_bf16_compute_is_finite():
 
 
 def _overfit(model, steps, lr=3e-2):
-    inputs, targets = _batch()
-    variables = numpy_init(model, inputs, targets)
-    optimizer = optax.adam(lr)
-    opt_state = optimizer.init(variables)
-    weights = (targets != 0).astype(jnp.float32)
-
-    def loss_fn(v):
-        logits = model.apply(v, inputs, targets)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return jnp.sum(losses * weights) / jnp.sum(weights)
-
-    @jax.jit
-    def train(variables, opt_state):
-        def step(carry, _):
-            v, s = carry
-            loss, grads = jax.value_and_grad(loss_fn)(v)
-            updates, s = optimizer.update(grads, s)
-            return (optax.apply_updates(v, updates), s), loss
-        return jax.lax.scan(step, (variables, opt_state), None, length=steps)
-
-    _, losses = train(variables, opt_state)
+    inputs, targets = toy_batch()
+    _, losses = fit(model, numpy_init(model, inputs, targets), inputs, targets, steps=steps, lr=lr)
     return float(losses[0]), float(losses[-1])
 
 
@@ -176,7 +145,7 @@ def test_overfits_tiny_batch(name):
 
 def test_packed_batches_are_rejected(setup):
     _, model, variables, _ = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     with pytest.raises(ValueError, match="inputs_segmentation"):
         model.apply(variables, inputs, targets, inputs_segmentation=jnp.ones_like(inputs))
 
@@ -203,7 +172,7 @@ def test_dot_score_needs_matching_sizes():
 def test_dropout_and_scheduled_sampling_in_training():
     config = _config("luong-dot-lstm", dropout_rate=0.3)
     model = build_model(config)
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     variables = numpy_init(model, inputs, targets)
     train = jax.jit(lambda seed, p: model.apply(
         variables, inputs, targets, train=True, sampling_prob=p,

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_params import numpy_init
+from model_params import numpy_init, toy_batch
 
 from jaxattn.models import (TransformerConfig, build_model, collect_attention_weights,
                             count_params)
@@ -27,28 +27,18 @@ def _config(name, **overrides):
     return TransformerConfig(vocab_size=V, **{**fields, **VARIANTS[name], **overrides})
 
 
-def _batch():
-    inputs = np.array([[5, 6, 7, 8, 9, 4, 3],
-                       [4, 5, 3, 0, 0, 0, 0],
-                       [9, 8, 7, 3, 0, 0, 0]], np.int32)
-    targets = np.array([[6, 7, 8, 9, 3],
-                        [5, 3, 0, 0, 0],
-                        [7, 8, 3, 0, 0]], np.int32)
-    return jnp.asarray(inputs), jnp.asarray(targets)
-
-
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def setup(request):
     config = _config(request.param)
     model = build_model(config)
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     variables = numpy_init(model, inputs, targets)
     return config, model, variables, jax.jit(model.apply)
 
 
 def test_shapes_and_attention_weights(setup):
     config, model, variables, forward = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     logits = forward(variables, inputs, targets)
     chex.assert_shape(logits, (3, 5, V))
     chex.assert_type(logits, jnp.float32)
@@ -72,7 +62,7 @@ def test_shapes_and_attention_weights(setup):
 
 def test_decoder_is_causal(setup):
     _, _, variables, forward = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     a = forward(variables, inputs, targets)
     b = forward(variables, inputs, targets.at[:, 3:].set(11))
     np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-5)
@@ -81,7 +71,7 @@ def test_decoder_is_causal(setup):
 
 def test_extra_source_padding_changes_nothing(setup):
     _, _, variables, forward = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     padded = jnp.pad(inputs, ((0, 0), (0, 4)))
     np.testing.assert_allclose(forward(variables, padded, targets),
                                forward(variables, inputs, targets), atol=1e-5)
@@ -89,7 +79,7 @@ def test_extra_source_padding_changes_nothing(setup):
 
 def test_packed_rows_equal_separate_rows(setup):
     _, _, variables, forward = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     # Pack rows 1 and 2 (lengths 3+4 source, 2+3 target) into one row.
     packed_inputs = jnp.asarray([[4, 5, 3, 9, 8, 7, 3, 0]], jnp.int32)
     packed_targets = jnp.asarray([[5, 3, 7, 8, 3, 0]], jnp.int32)
@@ -106,7 +96,7 @@ def test_packed_rows_equal_separate_rows(setup):
 
 def test_decode_step_matches_teacher_forcing(setup):
     _, model, variables, forward = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     full = forward(variables, inputs, targets)
     encoded = model.apply(variables, inputs, method="encode")
     memory, state = model.apply(variables, encoded, 6, method="init_cache")
@@ -124,7 +114,7 @@ def test_decode_step_matches_teacher_forcing(setup):
 def test_dropout_is_applied_in_training_only():
     config = _config("post-sinusoidal-tied", dropout_rate=0.3, attention_dropout_rate=0.2)
     model = build_model(config)
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     variables = numpy_init(model, inputs, targets)
     forward = model.apply
     a = forward(variables, inputs, targets, train=True, rngs={"dropout": jax.random.key(1)})
@@ -137,7 +127,7 @@ def test_dropout_is_applied_in_training_only():
 
 def test_bf16_compute_is_finite():
     model = build_model(_config("pre-learned-gqa-untied", dtype=jnp.bfloat16))
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     variables = numpy_init(model, inputs, targets)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
     logits = model.apply(variables, inputs, targets)
@@ -173,7 +163,7 @@ def test_bad_config_raises(fields, match):
 
 def test_scheduled_sampling_is_rejected(setup):
     _, model, variables, _ = setup
-    inputs, targets = _batch()
+    inputs, targets = toy_batch()
     with pytest.raises(ValueError, match="sampling_prob"):
         model.apply(variables, inputs, targets, sampling_prob=0.5)
 
