@@ -108,10 +108,12 @@ def causal_mask(T: int, S: int | None = None):
     for name, n in (("T", T), ("S", S)):
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"{name}: expected a static int >= 0, got {n!r}")
-    # numpy: the mask is a compile-time constant, not a traced computation.
-    t = np.arange(T)[:, None] + (S - T)  # [T, 1]
-    s = np.arange(S)[None, :]  # [1, S]
-    return jnp.asarray((s <= t)[None, None])  # [1, 1, T, S]
+    # Iotas, not a NumPy constant: under jit a constant [T, S] mask is embedded
+    # in the program (T * S bytes) and XLA constant-folds the ops that read it
+    # (seconds of compile time at T = S = 1024); iota + compare is fused instead.
+    t = jnp.arange(T)[:, None] + (S - T)  # [T, 1]
+    s = jnp.arange(S)[None, :]  # [1, S]
+    return (s <= t)[None, None]  # [1, 1, T, S]
 
 
 def segment_mask(query_segments, key_segments):

@@ -1,5 +1,6 @@
 """Masks: hand-computed cases, broadcasting, and every documented error."""
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,6 +49,13 @@ class MaskTest(chex.TestCase):
         wide = jaxattn.causal_mask(2, 4)
         chex.assert_shape(wide, (1, 1, 2, 4))
         np.testing.assert_array_equal(wide[0, 0], [[1, 1, 1, 0], [1, 1, 1, 1]])
+
+    def test_causal_mask_is_not_a_constant_under_jit(self):
+        # A [T, S] constant would be embedded in every program that uses the mask
+        # (and constant-folded by XLA at compile time); iotas keep the program small.
+        mask = jax.jit(lambda: jaxattn.causal_mask(512, 640))
+        np.testing.assert_array_equal(mask()[0, 0], np.tri(512, 640, 128, dtype=bool))
+        assert len(mask.lower().as_text()) < 10_000
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_segment_mask(self):
