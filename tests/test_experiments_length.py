@@ -1,0 +1,138 @@
+"""The length experiment: four models through the real trainer at tiny size, then the report.
+
+`run_experiment` trains every model on `number_words/tiny` (built in the test's TFDS data dir)
+for two steps with tiny widths, and the test checks the report against the predictions files
+the trainer wrote and the dataset's own split size.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from train import run_config
+from train.experiments import length, length_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUCKETS = ((1, 3), (4, 4), (5, None))  # tiny: 1 to 5 source words
+STEPS = 2
+
+
+def tiny(model, config):
+    """Test-size widths and batches (8 rows: one per fake device)."""
+    del model
+    config.data.update(vocab_size=48, bucket_lengths=(24,), tokens_per_batch=192, batch_size_multiple=8,
+                       eval_batch_size=16, read_threads=1)
+    if config.model.family == "transformer":
+        config.model.update(emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1)
+    else:
+        config.model.update(embed_dim=16, hidden_size=16, num_layers=1)
+        if config.model.decoder_hidden_size is not None:
+            config.model.decoder_hidden_size = 16
+    config.update(warmup_steps=1, log_every_steps=1, eval_every_steps=100, checkpoint_every_steps=100)
+    config.decode.max_length = 12
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("length")
+    data_dir = str(root / "tfds")
+    kwargs = dict(steps=STEPS, output=str(root / "docs" / "report"), dataset="number_words/tiny",
+                  data_dir=data_dir, buckets=BUCKETS, progress_bar=False, configure=tiny)
+    report = length.run_experiment(list(length.MODELS), str(root / "runs"), **kwargs)
+    return root, data_dir, kwargs, report
+
+
+def _own_buckets(rows):
+    """Bucket the predictions file independently of length_report."""
+    out = [[] for _ in BUCKETS]
+    for row in rows:
+        words = len(row["source"].split())
+        out[0 if words <= 3 else 1 if words == 4 else 2].append(row)
+    return out
+
+
+def test_report_files_and_per_bucket_numbers(experiment):
+    root, data_dir, _, report = experiment
+    output = root / "docs" / "report"
+    with open(f"{output}.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(f"{output}.json", encoding="utf-8") as f:
+        assert json.load(f) == json.loads(json.dumps(report))
+    markdown = (root / "docs" / "report.md").read_text(encoding="utf-8")
+    assert "![BLEU and exact match against source length](report.png)" in markdown
+
+    test_size = tfds.builder("number_words/tiny", data_dir=data_dir).info.splits["test"].num_examples
+    assert list(report["models"]) == list(length.MODELS) and report["steps"] == STEPS
+    for model, result in report["models"].items():
+        assert result["label"] in markdown
+        rows = length_report.read_predictions(str(root / "runs" / model / "samples" / f"test_step{STEPS}.jsonl"))
+        buckets = result["buckets"]
+        assert [b["label"] for b in buckets] == ["1-3", "4", "5+"]
+        assert sum(b["count"] for b in buckets) == test_size == len(rows) == result["overall"]["count"]
+        for bucket, own in zip(buckets, _own_buckets(rows)):
+            assert bucket["count"] == len(own)
+            if own:
+                assert bucket["exact_match"] == pytest.approx(sum(r["exact"] for r in own) / len(own))
+                assert 0.0 <= bucket["bleu"] <= 100.0
+            else:
+                assert bucket["exact_match"] is None and bucket["bleu"] is None
+        assert result["parameters"] > 0 and result["wall_time_s"] > 0
+
+
+def test_rerun_reuses_finished_models_and_keeps_the_reading(experiment):
+    root, _, kwargs, report = experiment
+    md = root / "docs" / "report.md"
+    md.write_text(md.read_text(encoding="utf-8") + "\n## Reading\n\nThe curves are flat.\n", encoding="utf-8")
+    again = length.run_experiment(["plain", "transformer"], str(root / "runs"), **kwargs)
+    for model in ("plain", "transformer"):  # not retrained: same recorded wall time and scores
+        assert again["models"][model] == report["models"][model]
+    text = md.read_text(encoding="utf-8")
+    assert text.endswith("## Reading\n\nThe curves are flat.\n") and text.count("## Reading") == 1
+
+
+def test_experiment_configs_are_comparable():
+    configs = {m: length.experiment_config(m, steps=100) for m in length.MODELS}
+    for config in configs.values():
+        run_config.validate_config(config)
+        assert config.num_train_steps == 100
+        assert config.data.to_dict() == configs["plain"].data.to_dict()  # same vocabulary and batches
+    params = {m: length.count_parameters(c, 256) for m, c in configs.items()}
+    assert params["plain"] >= max(params["bahdanau"], params["luong"])
+    assert configs["plain"].model.attention == "none" and configs["bahdanau"].model.attention == "bahdanau"
+
+
+def test_bucket_scores_hand_computed():
+    rows = [{"source": "one", "reference": "eins", "hypothesis": "eins"},
+            {"source": "twenty one", "reference": "einundzwanzig", "hypothesis": "zwanzig"},
+            {"source": "a b c d e f", "reference": "x y", "hypothesis": "x  y"}]
+    out = length_report.bucket_scores(rows, ((1, 1), (2, 5), (6, None)))
+    assert [(b["label"], b["count"], b["exact_match"]) for b in out] == [("1", 1, 1.0), ("2-5", 1, 0.0), ("6+", 1, 1.0)]
+    assert out[0]["bleu"] == pytest.approx(100.0) and out[1]["bleu"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("buckets, message", [
+    ((), "at least one"),
+    (((2, 4), (5, None)), "starts at 2, expected 1"),
+    (((1, 4), (6, None)), "starts at 6, expected 5"),
+    (((1, 4), (5, 9)), "open-ended"),
+])
+def test_bad_buckets(buckets, message):
+    with pytest.raises(ValueError, match=message):
+        length_report.check_buckets(buckets)
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown \['rnn'\]"):
+        length.parse_models(["plain", "rnn"])
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-m", "train.experiments.length", "--models=plain,rnn", f"--workdir={tmp_path / 'runs'}",
+         f"--output={tmp_path / 'report'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: models: got unknown ['rnn']"), result.stderr
+    assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "report.png")

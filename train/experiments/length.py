@@ -1,0 +1,391 @@
+r"""Translation quality against source length: the analogue of Bahdanau et al. 2014, Fig. 2.
+
+    python -m train.experiments.length                      # 4 models -> docs/length_experiment.*
+    python -m train.experiments.length --steps=1000 --models=plain,bahdanau \
+        --workdir=runs/length_small --output=runs/length_small/report
+
+Trains the fixed-context RNN encoder-decoder (no attention; Cho et al. 2014), RNNsearch
+(Bahdanau et al. 2014, additive attention, eq. 5-6), Luong et al. 2015 global attention
+(general score, eq. 8) and the Transformer (Vaswani et al. 2017) on `number_words/long`
+(numbers below 10^9, equal share per digit count: 2 to 17 English words) with one common
+step budget. Every model is its family's config file (`train/configs/`) with the same data
+overrides, so all of them see the same vocabulary and the same batches in the same order.
+Training is the one trainer (`train.train_lib.train_and_evaluate`), each model in
+`<workdir>/<model>`, so an interrupted experiment resumes where it stopped (a model that
+finished is not retrained). Then the test predictions are bucketed by source length in words
+(`train.experiments.length_report`) and written as `<output>.png` (BLEU and exact match
+against length), `<output>.json` (every number) and `<output>.md` (command, machine, wall
+times, tables). Text from a "## Reading" heading on in an existing `<output>.md` is kept.
+
+Bad input (unknown model name, steps < 1, ...) ends with one `error: ...` line and exit 1.
+"""
+
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from absl import logging as absl_logging
+
+from train import evaluation, run_config, train_lib
+from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
+from train.data import load_tokenizers
+from train.experiments import length_report
+
+__all__ = ["MODELS", "LABELS", "DEFAULT_BUCKETS", "DEFAULT_STEPS", "parse_models", "experiment_config",
+           "count_parameters", "machine_description", "run_experiment"]
+
+_log = logging.getLogger(__name__)
+
+# name -> the family's config file (train/configs/); the experiment only overrides data and budget.
+MODELS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
+    "plain": rnn_plain.get_config,
+    "bahdanau": rnn_bahdanau.get_config,
+    "luong": rnn_luong.get_config,
+    "transformer": transformer.get_config,
+}
+LABELS = {
+    "plain": "RNN enc-dec, no attention",
+    "bahdanau": "RNNsearch (Bahdanau)",
+    "luong": "Luong global attention",
+    "transformer": "Transformer",
+}
+_CONFIG_FILES = {"plain": "rnn_plain.py", "bahdanau": "rnn_bahdanau.py", "luong": "rnn_luong.py",
+                 "transformer": "transformer.py"}
+DEFAULT_DATASET = "number_words/long"
+# Source words of number_words/long's test split run from 2 to 17; short numbers are rare
+# (1-3 digits are 1,000 of 107,000 numbers), so the first bucket gathers them (>= 300 pairs each).
+DEFAULT_BUCKETS: tuple[length_report.Bucket, ...] = ((1, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, None))
+DEFAULT_STEPS = 2000
+# The plain RNN is rnn_plain.py widened so that it has at least as many parameters as every
+# attention RNN (Luong's 2-layer LSTM is the largest): it must not lose for being smaller.
+PLAIN_HIDDEN_SIZE = 224  # per encoder direction (rnn_plain.py: 128)
+PLAIN_DECODER_HIDDEN_SIZE = 448  # (rnn_plain.py: 256)
+
+
+def parse_models(names: Sequence[str]) -> list[str]:
+    """Checks model names (in order, no repeats); raises a one-line ValueError otherwise."""
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ValueError(f"models: got none, expected some of {list(MODELS)}")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"models: got unknown {unknown}, expected names from {list(MODELS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"models: got {names}, expected each name once")
+    return names
+
+
+def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET, data_dir: str = "",
+                      progress_bar: bool = True) -> ml_collections.ConfigDict:
+    """`model`'s family config with the experiment's data, budget and evaluation settings.
+
+    Args:
+      model: a key of `MODELS`.
+      steps: the common training budget (optimizer steps).
+      dataset: `config.data.dataset`.
+      data_dir: TFDS data dir ("" = TFDS default).
+      progress_bar: tqdm bar while training.
+
+    Returns:
+      A run config for `train.train_lib.train_and_evaluate`.
+    """
+    parse_models([model])
+    if steps < 1:
+        raise ValueError(f"steps: got {steps}, expected >= 1")
+    config = MODELS[model]()
+    data = config.data
+    data.dataset = dataset
+    data.data_dir = data_dir
+    data.vocab_size = 256  # every family's default; one vocabulary for all models
+    # number_words/long with V=256: sources <= 21 tokens, targets <= 15 (eos included).
+    data.max_source_length = 24
+    data.max_target_length = 24
+    data.bucket_lengths = (12, 16, 24)
+    data.tokens_per_batch = 2048
+    data.batch_size_multiple = jax.local_device_count()  # batches are split over the local devices
+    data.eval_splits = ("validation", "test")
+    data.eval_max_examples = 0  # decode every test pair at the end
+    data.seed = 0  # same batches in the same order for every model
+    config.seed = 0
+    config.num_train_steps = steps
+    config.eval_every_steps = max(1, steps // 2)  # in-loop validation BLEU on 200 pairs
+    config.eval_decode_examples = 200
+    config.checkpoint_every_steps = max(1, steps // 8)  # resume granularity
+    config.decode.strategy = "greedy"
+    config.decode.max_length = 32  # twice the longest target
+    config.num_heatmaps = 0
+    config.progress_bar = progress_bar
+    if model == "plain":
+        config.model.hidden_size = PLAIN_HIDDEN_SIZE
+        config.model.decoder_hidden_size = PLAIN_DECODER_HIDDEN_SIZE
+    return config
+
+
+def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
+    """Number of parameters of `config.model` with a vocabulary of `vocab_size` (no allocation)."""
+    model = run_config.build_model(config, vocab_size)
+    rng = jax.random.key(0)
+    tokens = jnp.ones((1, 8), jnp.int32)                                      # [B, S]
+    shapes = jax.eval_shape(lambda: model.init({"params": rng, "dropout": rng}, tokens, tokens))
+    return int(sum(x.size for x in jax.tree.leaves(shapes["params"])))
+
+
+def machine_description() -> str:
+    """CPU model, cores, JAX backend and version (no host names, no paths)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    devices = jax.devices()
+    return (f"{cpu} ({platform.machine()}), {cores} CPU cores, JAX {jax.__version__} on "
+            f"{len(devices)} {devices[0].platform.upper()} device(s)")
+
+
+def _read_record(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {"wall_time_s": 0.0, "done": False}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _train_model(model: str, config: ml_collections.ConfigDict, workdir: str, steps: int,
+                 vocab_from: str | None) -> dict[str, Any] | None:
+    """Trains (or resumes) one model; its record, or None if the run was interrupted.
+
+    The record `<workdir>/experiment.json` accumulates wall time over resumed invocations and
+    marks the model done, so that re-running the experiment does not retrain it.
+    """
+    record_path = os.path.join(workdir, "experiment.json")
+    record = _read_record(record_path)
+    if record["done"] and record["step"] == steps:
+        _log.info("%s: already trained to step %d in %s", model, steps, workdir)
+        return record
+    vocab = os.path.join(workdir, "vocab")
+    if vocab_from and not os.path.exists(vocab):
+        shutil.copytree(vocab_from, vocab)  # same data config: reuse the vocabulary, not retrain it
+    _log.info("%s: training %d steps in %s", model, steps, workdir)
+    summary = train_lib.train_and_evaluate(config, workdir)
+    record["wall_time_s"] += summary["wall_time"]
+    record.update(step=summary["step"], done=not summary["interrupted"])
+    _write_json(record_path, record)
+    if summary["interrupted"]:
+        return None
+    if summary["step"] != steps:
+        raise ValueError(f"steps: got {steps}, but {workdir!r} holds a run trained to step {summary['step']}; "
+                         "use another --workdir")
+    return record
+
+
+def _model_result(model: str, config: ml_collections.ConfigDict, workdir: str, record: dict[str, Any],
+                  buckets: Sequence[length_report.Bucket], split: str) -> dict[str, Any]:
+    path = os.path.join(workdir, "samples", f"{split}_step{record['step']}.jsonl")
+    rows = length_report.read_predictions(path)
+    tokenizers = load_tokenizers(os.path.join(workdir, "vocab"), shared=config.data.shared_vocab)
+    vocab_size = max(tokenizers.source.vocab_size, tokenizers.target.vocab_size)
+    overall = evaluation.corpus_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
+    return {
+        "label": LABELS[model],
+        "config_file": f"train/configs/{_CONFIG_FILES[model]}",
+        "model_config": config.model.to_dict(),
+        "parameters": count_parameters(config, vocab_size),
+        "vocab_size": vocab_size,
+        "wall_time_s": round(record["wall_time_s"], 1),
+        "overall": {"count": len(rows), **overall},
+        "buckets": length_report.bucket_scores(rows, buckets),
+    }
+
+
+def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_STEPS,
+                   output: str = "docs/length_experiment", dataset: str = DEFAULT_DATASET, data_dir: str = "",
+                   buckets: Sequence[length_report.Bucket] = DEFAULT_BUCKETS, split: str = "test",
+                   progress_bar: bool = True, command: str = "",
+                   configure: Callable[[str, ml_collections.ConfigDict], None] | None = None
+                   ) -> dict[str, Any] | None:
+    """Trains `models` with a common budget, then writes `<output>.png`, `.json` and `.md`.
+
+    Args:
+      models: names from `MODELS` (plot and table order).
+      workdir: experiment directory; model `m` trains in `<workdir>/m` (resumed if present).
+      steps: common number of training steps.
+      output: path prefix of the report files (directory created if needed).
+      dataset: `config.data.dataset` (e.g. "number_words/tiny" in tests).
+      data_dir: TFDS data dir ("" = TFDS default).
+      buckets: (low, high) source-word buckets, contiguous from 1, last open-ended.
+      split: eval split whose predictions are bucketed.
+      progress_bar: tqdm bar while training.
+      command: the command line recorded in the report ("" = called from Python).
+      configure: `configure(model, config)` edits each config after the experiment's
+        overrides (tests shrink the models with it).
+
+    Returns:
+      The report (what `<output>.json` holds), or None if training was interrupted
+      (SIGTERM / SIGINT); re-running resumes.
+    """
+    models = parse_models(models)
+    length_report.check_buckets(buckets)
+    configs = {m: experiment_config(m, steps=steps, dataset=dataset, data_dir=data_dir, progress_bar=progress_bar)
+               for m in models}
+    if configure is not None:
+        for m, config in configs.items():
+            configure(m, config)
+    for m, config in configs.items():
+        if split not in config.data.eval_splits:
+            raise ValueError(f"split: got {split!r}, expected one of {tuple(config.data.eval_splits)}")
+        run_config.validate_config(config)
+        run_config.check_workdir(config, os.path.join(workdir, m))
+    started, start_load = time.time(), os.getloadavg()[0]
+    results, vocab_from, data_from = {}, None, None
+    for m in models:
+        model_dir = os.path.join(workdir, m)
+        same_data = data_from is not None and configs[m].data.to_dict() == data_from
+        record = _train_model(m, configs[m], model_dir, steps, vocab_from if same_data else None)
+        if record is None:
+            return None
+        vocab_from, data_from = os.path.join(model_dir, "vocab"), configs[m].data.to_dict()
+        results[m] = _model_result(m, configs[m], model_dir, record, buckets, split)
+        overall = results[m]["overall"]
+        _log.info("%s: %s BLEU %.2f, exact %.1f%%, %d parameters, %.0f s", m, split, overall["bleu"],
+                  100 * overall["exact_match"], results[m]["parameters"], record["wall_time_s"])
+    report = {
+        "command": command or "train.experiments.length.run_experiment (from Python)",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_description(),
+        "load_average_start_end": [round(start_load, 2), round(os.getloadavg()[0], 2)],
+        "dataset": f"{dataset} ({configs[models[0]].data.source_lang}->{configs[models[0]].data.target_lang})",
+        "split": split,
+        "steps": steps,
+        "total_wall_time_s": round(sum(r["wall_time_s"] for r in results.values()), 1),
+        "invocation_wall_time_s": round(time.time() - started, 1),
+        "buckets": [{"label": length_report.bucket_label(b), "low": b[0], "high": b[1]} for b in buckets],
+        "models": results,
+    }
+    _write_report(report, output)
+    return report
+
+
+def _markdown(report: dict[str, Any], png_name: str, reading: str) -> str:
+    models = report["models"]
+    per_model = "; ".join(f"{r['label']} {r['wall_time_s']:.0f} s" for r in models.values())
+    config_lines = "\n".join(
+        f"- {r['label']}: `{r['config_file']}`"
+        + (f" widened to hidden_size {r['model_config']['hidden_size']}, decoder_hidden_size "
+           f"{r['model_config']['decoder_hidden_size']} (no fewer parameters than any attention RNN)"
+           if m == "plain" else "")
+        for m, r in models.items())
+    text = f"""# Length experiment: BLEU and exact match against source length
+
+The analogue of Bahdanau et al. 2014, Fig. 2, on {report['dataset']}, {report['split']} split.
+Generated by `python -m train.experiments.length`; every number below is in the JSON next to
+this file.
+
+- Command: `{report['command']}`
+- Date: {report['date']}
+- Machine: {report['machine']}; load average {report['load_average_start_end'][0]} at the start,
+  {report['load_average_start_end'][1]} at the end (other jobs shared the machine)
+- Budget: {report['steps']} training steps per model, same vocabulary and the same batches in the
+  same order for every model; greedy decoding
+- Wall time per model (data, compilation, training, in-loop and final evaluation): {per_model};
+  total {report['total_wall_time_s']:.0f} s (this invocation of the command:
+  {report['invocation_wall_time_s']:.0f} s)
+- Models (each its family's config file with the experiment's data overrides):
+{config_lines}
+
+![BLEU and exact match against source length]({png_name})
+
+{length_report.markdown_tables(models)}"""
+    return text + (f"\n{reading}" if reading else "")
+
+
+def _write_report(report: dict[str, Any], output: str) -> None:
+    directory = os.path.dirname(output)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    title = f"{report['dataset']}, {report['split']}: {report['steps']} training steps per model"
+    length_report.plot_length_curves(report["models"], f"{output}.png", title)
+    _write_json(f"{output}.json", report)
+    md_path = f"{output}.md"
+    reading = ""
+    if os.path.exists(md_path):  # keep the human reading of the curves across re-runs
+        with open(md_path, encoding="utf-8") as f:
+            text = f.read()
+        start = text.find("\n## Reading")
+        reading = text[start + 1:] if start >= 0 else ""
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(_markdown(report, os.path.basename(f"{output}.png"), reading))
+    _log.info("Wrote %s.png, %s.json and %s", output, output, md_path)
+
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/length", "Experiment directory; each model trains in <workdir>/<model>.")
+_STEPS = flags.DEFINE_integer("steps", DEFAULT_STEPS, "Common training budget (steps) of every model.")
+_MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to train and plot, from {list(MODELS)}.")
+_OUTPUT = flags.DEFINE_string("output", "docs/length_experiment", "Report path prefix: <output>.png/.json/.md.")
+_DATASET = flags.DEFINE_string("dataset", DEFAULT_DATASET, "config.data.dataset of every model.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (empty: the TFDS default).")
+_PROGRESS = flags.DEFINE_bool("progress_bar", True, "Show a tqdm progress bar while training.")
+
+
+class _OrbaxMetricWarning(logging.Filter):
+    """Drops Orbax's warning for saves without metrics: only evaluation saves carry BLEU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("train").setLevel(logging.INFO)
+    logging.getLogger("absl").addFilter(_OrbaxMetricWarning())
+    command = " ".join(["python -m train.experiments.length", *sys.argv[1:]])
+    try:
+        report = run_experiment(_MODELS.value, _WORKDIR.value, steps=_STEPS.value, output=_OUTPUT.value,
+                                dataset=_DATASET.value, data_dir=_DATA_DIR.value, progress_bar=_PROGRESS.value,
+                                command=command)
+    except (ValueError, OSError, train_lib.NonFiniteLossError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
+        return 1
+    if report is None:
+        print(f"Interrupted; checkpoints saved in {_WORKDIR.value}. Re-run the same command to resume.")
+        return 0
+    for result in report["models"].values():
+        o = result["overall"]
+        print(f"{result['label']}: BLEU {o['bleu']:.2f} | exact match {100 * o['exact_match']:.1f}% | "
+              f"{result['parameters']:,} parameters | {result['wall_time_s']:.0f} s")
+    print(f"Wrote {_OUTPUT.value}.png, .json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

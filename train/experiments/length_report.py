@@ -1,0 +1,179 @@
+"""Scores by source length, and their plot and tables (the length experiment's report).
+
+Bahdanau et al. (2014, Fig. 2) plot BLEU against sentence length: the encoder-decoder
+whose decoder sees the source only through one fixed vector (eq. 1-2, the c of
+p(y_t | y_<t, c)) degrades as sentences grow, while attention's per-step context
+c_i = sum_j alpha_ij h_j (eq. 5-6) holds up. This module turns a run's predictions file
+(`<workdir>/samples/<split>_step<N>.jsonl`, one JSON object per example with `source`,
+`reference`, `hypothesis`, `exact`) into per-bucket corpus scores
+(`train.evaluation.corpus_scores`: sacrebleu BLEU and chrF, exact match) and draws them.
+
+A bucket is `(low, high)` in source words, both inclusive; `high=None` is open-ended.
+"""
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from train import evaluation
+
+__all__ = [
+    "Bucket",
+    "bucket_label",
+    "check_buckets",
+    "source_length",
+    "read_predictions",
+    "bucket_scores",
+    "plot_length_curves",
+    "markdown_tables",
+]
+
+Bucket = tuple[int, int | None]
+
+
+def bucket_label(bucket: Bucket) -> str:
+    """"1-6", "7-8" or "15+" (open-ended)."""
+    low, high = bucket
+    if high is None:
+        return f"{low}+"
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def check_buckets(buckets: Sequence[Bucket]) -> None:
+    """Raises ValueError unless the buckets tile [1, inf): from 1, contiguous, last open-ended."""
+    if not buckets:
+        raise ValueError("buckets: got (), expected at least one (low, high) bucket")
+    expected_low = 1
+    for i, (low, high) in enumerate(buckets):
+        if low != expected_low:
+            raise ValueError(f"buckets: bucket {i} starts at {low}, expected {expected_low} "
+                             "(contiguous from 1 word)")
+        last = i == len(buckets) - 1
+        if last and high is not None:
+            raise ValueError(f"buckets: last bucket is ({low}, {high}), expected ({low}, None) "
+                             "(open-ended, so every source falls in a bucket)")
+        if not last and (high is None or high < low):
+            raise ValueError(f"buckets: bucket {i} is ({low}, {high}), expected low <= high")
+        expected_low = None if high is None else high + 1
+
+
+def source_length(source: str) -> int:
+    """Length of a source sentence in whitespace-separated words."""
+    return len(source.split())
+
+
+def read_predictions(path: str) -> list[dict[str, Any]]:
+    """The rows of a predictions JSONL file (`train.evaluation.write_predictions`)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _bucket_index(length: int, buckets: Sequence[Bucket]) -> int:
+    for i, (low, high) in enumerate(buckets):
+        if length >= low and (high is None or length <= high):
+            return i
+    raise ValueError(f"source length: got {length} words, expected one covered by the buckets {buckets}")
+
+
+def bucket_scores(rows: Sequence[Mapping[str, Any]], buckets: Sequence[Bucket]) -> list[dict[str, Any]]:
+    """Corpus BLEU, chrF and exact match of the rows in each source-length bucket.
+
+    Args:
+      rows: predictions, each with `source`, `reference` and `hypothesis` text.
+      buckets: (low, high) source-word ranges (see `check_buckets`).
+
+    Returns:
+      One dict per bucket: `label`, `low`, `high`, `count`, and `bleu`, `chrf` (0-100),
+      `exact_match` (0-1); the scores are None for an empty bucket.
+    """
+    check_buckets(buckets)
+    members: list[list[Mapping[str, Any]]] = [[] for _ in buckets]
+    for row in rows:
+        members[_bucket_index(source_length(row["source"]), buckets)].append(row)
+    out = []
+    for bucket, group in zip(buckets, members):
+        scores: dict[str, Any] = {"bleu": None, "chrf": None, "exact_match": None}
+        if group:
+            scores = evaluation.corpus_scores([r["hypothesis"] for r in group], [r["reference"] for r in group])
+        out.append({"label": bucket_label(bucket), "low": bucket[0], "high": bucket[1], "count": len(group),
+                    **scores})
+    return out
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def plot_length_curves(results: Mapping[str, Mapping[str, Any]], path: str, title: str) -> str:
+    """Two panels, BLEU and exact match against source length, one line per model (PNG).
+
+    Args:
+      results: {model: {"label": legend text, "buckets": `bucket_scores` output}}; every
+        model must use the same buckets.
+      path: output PNG file.
+      title: figure title.
+
+    Returns:
+      `path`.
+    """
+    if not results:
+        raise ValueError("results: got no models, expected at least one")
+    labels = [b["label"] for b in next(iter(results.values()))["buckets"]]
+    for model, result in results.items():
+        got = [b["label"] for b in result["buckets"]]
+        if got != labels:
+            raise ValueError(f"results[{model!r}]: got buckets {got}, expected {labels} (same for every model)")
+    x = list(range(len(labels)))
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    panels = (("bleu", "BLEU", 1.0, 100.0), ("exact_match", "exact match (%)", 100.0, 100.0))
+    for i, (key, ylabel, scale, top) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for result in results.values():
+            ax.plot(x, [scale * _nan(b[key]) for b in result["buckets"]], marker="o", label=result["label"])
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels)
+        ax.set_xlabel("source length (English words)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0.0, top * 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _cell(value: float | None, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{scale * value:.1f}"
+
+
+def markdown_tables(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Overall scores per model, then BLEU / exact match / chrF per bucket, as markdown tables.
+
+    Args:
+      results: {model: {"label", "parameters", "wall_time_s", "overall": {count, bleu, chrf,
+        exact_match}, "buckets": `bucket_scores` output}}.
+    """
+    lines = ["| model | parameters | wall time (s) | test pairs | BLEU | chrF | exact match (%) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for result in results.values():
+        o = result["overall"]
+        lines.append(f"| {result['label']} | {result['parameters']:,} | {result['wall_time_s']:.0f} | "
+                     f"{o['count']:,} | {_cell(o['bleu'])} | {_cell(o['chrf'])} | "
+                     f"{_cell(o['exact_match'], 100.0)} |")
+    first = next(iter(results.values()))["buckets"]
+    header = "| source words | " + " | ".join(b["label"] for b in first) + " |"
+    rule = "|---|" + "---:|" * len(first)
+    counts = "| test pairs | " + " | ".join(f"{b['count']:,}" for b in first) + " |"
+    for key, name, scale in (("bleu", "BLEU", 1.0), ("exact_match", "Exact match (%)", 100.0),
+                             ("chrf", "chrF", 1.0)):
+        lines += ["", f"{name} by source length:", "", header, rule, counts]
+        for result in results.values():
+            cells = " | ".join(_cell(b[key], scale) for b in result["buckets"])
+            lines.append(f"| {result['label']} | {cells} |")
+    return "\n".join(lines) + "\n"
