@@ -156,6 +156,10 @@ def machine_description() -> str:
             f"{len(devices)} {devices[0].platform.upper()} device(s)")
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _read_record(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {"wall_time_s": 0.0, "done": False}
@@ -187,9 +191,12 @@ def _train_model(model: str, config: ml_collections.ConfigDict, workdir: str, st
     if vocab_from and not os.path.exists(vocab):
         shutil.copytree(vocab_from, vocab)  # same data config: reuse the vocabulary, not retrain it
     _log.info("%s: training %d steps in %s", model, steps, workdir)
+    load = os.getloadavg()[0]
     summary = train_lib.train_and_evaluate(config, workdir)
     record["wall_time_s"] += summary["wall_time"]
-    record.update(step=summary["step"], done=not summary["interrupted"])
+    # When and where it ran, for the report (a later re-run that only re-plots keeps these).
+    record.update(step=summary["step"], done=not summary["interrupted"], finished=_now(),
+                  machine=machine_description(), load_average=[round(load, 2), round(os.getloadavg()[0], 2)])
     _write_json(record_path, record)
     if summary["interrupted"]:
         return None
@@ -213,6 +220,9 @@ def _model_result(model: str, config: ml_collections.ConfigDict, workdir: str, r
         "parameters": count_parameters(config, vocab_size),
         "vocab_size": vocab_size,
         "wall_time_s": round(record["wall_time_s"], 1),
+        "finished": record["finished"],
+        "machine": record["machine"],
+        "load_average_start_end": record["load_average"],
         "overall": {"count": len(rows), **overall},
         "buckets": length_report.bucket_scores(rows, buckets),
     }
@@ -256,7 +266,7 @@ def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_
             raise ValueError(f"split: got {split!r}, expected one of {tuple(config.data.eval_splits)}")
         run_config.validate_config(config)
         run_config.check_workdir(config, os.path.join(workdir, m))
-    started, start_load = time.time(), os.getloadavg()[0]
+    started = time.time()
     results, vocab_from, data_from = {}, None, None
     for m in models:
         model_dir = os.path.join(workdir, m)
@@ -271,14 +281,13 @@ def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_
                   100 * overall["exact_match"], results[m]["parameters"], record["wall_time_s"])
     report = {
         "command": command or "train.experiments.length.run_experiment (from Python)",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_description(),
-        "load_average_start_end": [round(start_load, 2), round(os.getloadavg()[0], 2)],
+        "date": max(r["finished"] for r in results.values()),
+        "machine": "; ".join(sorted({r["machine"] for r in results.values()})),
         "dataset": f"{dataset} ({configs[models[0]].data.source_lang}->{configs[models[0]].data.target_lang})",
         "split": split,
         "steps": steps,
         "total_wall_time_s": round(sum(r["wall_time_s"] for r in results.values()), 1),
-        "invocation_wall_time_s": round(time.time() - started, 1),
+        "invocation_wall_time_s": round(time.time() - started, 1),  # a re-plot only: ~seconds
         "buckets": [{"label": length_report.bucket_label(b), "low": b[0], "high": b[1]} for b in buckets],
         "models": results,
     }
@@ -289,29 +298,29 @@ def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_
 def _markdown(report: dict[str, Any], png_name: str, reading: str) -> str:
     models = report["models"]
     per_model = "; ".join(f"{r['label']} {r['wall_time_s']:.0f} s" for r in models.values())
-    config_lines = "\n".join(
-        f"- {r['label']}: `{r['config_file']}`"
-        + (f" widened to hidden_size {r['model_config']['hidden_size']}, decoder_hidden_size "
-           f"{r['model_config']['decoder_hidden_size']} (no fewer parameters than any attention RNN)"
-           if m == "plain" else "")
-        for m, r in models.items())
+    loads = [x for r in models.values() for x in r["load_average_start_end"]]
+    attention_rnns = [r["parameters"] for m, r in models.items() if m in ("bahdanau", "luong")]
+    lines = []
+    for m, r in models.items():
+        line = f"  - {r['label']}: `{r['config_file']}`"
+        if m == "plain":
+            line += (f" with hidden_size {r['model_config']['hidden_size']} and decoder_hidden_size "
+                     f"{r['model_config']['decoder_hidden_size']}")
+            if attention_rnns and r["parameters"] >= max(attention_rnns):
+                line += ", so that it has no fewer parameters than the attention RNNs"
+        lines.append(line)
     text = f"""# Length experiment: BLEU and exact match against source length
 
 The analogue of Bahdanau et al. 2014, Fig. 2, on {report['dataset']}, {report['split']} split.
-Generated by `python -m train.experiments.length`; every number below is in the JSON next to
-this file.
+Generated by `python -m train.experiments.length`; every number below is in the JSON next to this file.
 
 - Command: `{report['command']}`
 - Date: {report['date']}
-- Machine: {report['machine']}; load average {report['load_average_start_end'][0]} at the start,
-  {report['load_average_start_end'][1]} at the end (other jobs shared the machine)
-- Budget: {report['steps']} training steps per model, same vocabulary and the same batches in the
-  same order for every model; greedy decoding
-- Wall time per model (data, compilation, training, in-loop and final evaluation): {per_model};
-  total {report['total_wall_time_s']:.0f} s (this invocation of the command:
-  {report['invocation_wall_time_s']:.0f} s)
+- Machine: {report['machine']}; 1-minute load average {min(loads)} to {max(loads)} at the model starts and ends (other jobs shared the machine)
+- Budget: {report['steps']} training steps per model; the same vocabulary and the same batches in the same order for every model; greedy decoding
+- Wall time per model (data, compilation, training, in-loop and final evaluation): {per_model}; total {report['total_wall_time_s']:.0f} s
 - Models (each its family's config file with the experiment's data overrides):
-{config_lines}
+{chr(10).join(lines)}
 
 ![BLEU and exact match against source length]({png_name})
 
