@@ -110,6 +110,11 @@ def test_family_train_resume_eval_translate(tmp_path, data_dir, name):
     assert len(heatmaps) == config.num_heatmaps
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6]
+    # Step 6 is a multiple of checkpoint_every_steps: its checkpoint must still carry the final
+    # validation BLEU, or `--checkpoint=best` could never pick the final model.
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), keep=2, read_only=True)
+    assert ckpt.manager.metrics(6) == {"bleu": pytest.approx(summary["validation/bleu"])}
+    ckpt.close()
     if name == "rnn_bahdanau":
         probabilities = [r["train/sampling_probability"] for r in rows if "train/loss" in r]
         assert probabilities[0] < probabilities[-1]

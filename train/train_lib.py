@@ -272,8 +272,8 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
                                              tag=f"step{step}")
                 writer.write_scalars(step, scalars)
                 save({"bleu": scalars[f"{val_split}/bleu"]})
-            elif step % config.checkpoint_every_steps == 0:
-                save()
+            elif step % config.checkpoint_every_steps == 0 and step < config.num_train_steps:
+                save()  # the last step is saved after the final evaluation, with its BLEU
             if guard.should_stop():
                 _log.info("Received %s: saving step %d and exiting", guard.signal_name or "stop signal", step)
                 if last_good != step:
