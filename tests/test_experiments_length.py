@@ -63,7 +63,7 @@ def test_report_files_and_per_bucket_numbers(experiment):
     with open(f"{output}.json", encoding="utf-8") as f:
         assert json.load(f) == json.loads(json.dumps(report))
     markdown = (root / "docs" / "report.md").read_text(encoding="utf-8")
-    assert "![BLEU and exact match against source length](report.png)" in markdown
+    assert "![BLEU, chrF and exact match against source length](report.png)" in markdown
 
     test_size = tfds.builder("number_words/tiny", data_dir=data_dir).info.splits["test"].num_examples
     assert list(report["models"]) == list(length.MODELS) and report["steps"] == STEPS

@@ -109,7 +109,11 @@ def _nan(value: float | None) -> float:
 
 
 def plot_length_curves(results: Mapping[str, Mapping[str, Any]], path: str, title: str) -> str:
-    """Two panels, BLEU and exact match against source length, one line per model (PNG).
+    """BLEU, chrF and exact match against source length, one panel each, one line per model (PNG).
+
+    chrF is drawn next to BLEU because word BLEU is erratic where references are a few words
+    long (German number words are 1-3 compounds: no reference 4-grams, and a single wrong
+    3- or 4-word hypothesis decides the higher-order precisions of a bucket).
 
     Args:
       results: {model: {"label": legend text, "buckets": `bucket_scores` output}}; every
@@ -128,20 +132,25 @@ def plot_length_curves(results: Mapping[str, Mapping[str, Any]], path: str, titl
         if got != labels:
             raise ValueError(f"results[{model!r}]: got buckets {got}, expected {labels} (same for every model)")
     x = list(range(len(labels)))
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(15, 4.2))
     FigureCanvasAgg(fig)
-    panels = (("bleu", "BLEU", 1.0, 100.0), ("exact_match", "exact match (%)", 100.0, 100.0))
-    for i, (key, ylabel, scale, top) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+    top = 100.0
+    panels = (("bleu", "BLEU", 1.0), ("chrf", "chrF", 1.0), ("exact_match", "exact match (%)", 100.0))
+    for i, (key, ylabel, scale) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
         for result in results.values():
             ax.plot(x, [scale * _nan(b[key]) for b in result["buckets"]], marker="o", label=result["label"])
         ax.set_xticks(x)
         ax.set_xticklabels(labels)
         ax.set_xlabel("source length (English words)")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0.0, top * 1.03)
+        values = [scale * b[key] for r in results.values() for b in r["buckets"] if b[key] is not None]
+        # From 0 unless every point is above 50; then from the tens below the lowest point,
+        # so that differences near the top stay visible (the tick labels show the cut).
+        bottom = 0.0 if not values or min(values) < 50.0 else 10.0 * math.floor(min(values) / 10.0)
+        ax.set_ylim(bottom, top + 0.03 * (top - bottom))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
