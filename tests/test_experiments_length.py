@@ -2,7 +2,8 @@
 
 `run_experiment` trains every model on `number_words/tiny` (built in the test's TFDS data dir)
 for two steps with tiny widths, and the test checks the report against the predictions files
-the trainer wrote and the dataset's own split size.
+the trainer wrote and the dataset's own split size; one model runs on `number_lists/short` with
+the dataset's own settings (`length.DATASETS`).
 """
 
 import json
@@ -103,6 +104,50 @@ def test_experiment_configs_are_comparable():
     params = {m: length.count_parameters(c, 256) for m, c in configs.items()}
     assert params["plain"] >= max(params["bahdanau"], params["luong"])
     assert configs["plain"].model.attention == "none" and configs["bahdanau"].model.attention == "bahdanau"
+
+
+def test_dataset_settings_are_consistent():
+    assert length.DEFAULT_DATASET == "number_lists/long" and length.DEFAULT_DATASET in length.DATASETS
+    for name, settings in length.DATASETS.items():
+        length_report.check_buckets(settings.buckets)
+        lengths = settings.bucket_lengths
+        assert list(lengths) == sorted(set(lengths)) and lengths[-1] == settings.max_length, name
+        config = length.experiment_config("bahdanau", steps=3, dataset=name)
+        run_config.validate_config(config)
+        assert config.data.max_source_length == config.data.max_target_length == settings.max_length
+        assert tuple(config.data.bucket_lengths) == lengths
+        assert config.decode.max_length == settings.decode_max_length
+    # The long datasets: lists reach Bahdanau's Fig. 2 range, single numbers stop at 17 words.
+    assert length.DATASETS["number_lists/long"].buckets[-1][0] > 50
+    assert length.DATASETS["number_words/long"].buckets[-1][0] < 17
+
+
+def test_unknown_dataset_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"dataset: got 'number_words/medium', expected one of \["):
+        length.experiment_config("plain", steps=1, dataset="number_words/medium")
+    with pytest.raises(ValueError, match="dataset: got 'wmt'"):
+        length.run_experiment(["plain"], "unused", dataset="wmt")
+
+
+def test_number_lists_short_with_the_dataset_settings(tmp_path):
+    """Default steps, buckets and lengths come from DATASETS; no test pair is filtered out."""
+    def tiny_lists(model, config):
+        tiny(model, config)
+        config.data.bucket_lengths = length.DATASETS["number_lists/short"].bucket_lengths
+        config.data.tokens_per_batch = 256  # 8 rows of 32
+        config.decode.max_length = length.DATASETS["number_lists/short"].decode_max_length
+
+    data_dir = str(tmp_path / "tfds")
+    report = length.run_experiment(["bahdanau"], str(tmp_path / "runs"), output=str(tmp_path / "report"),
+                                   dataset="number_lists/short", data_dir=data_dir, progress_bar=False,
+                                   configure=tiny_lists)
+    settings = length.DATASETS["number_lists/short"]
+    assert report["steps"] == settings.steps
+    assert [b["label"] for b in report["buckets"]] == [length_report.bucket_label(b) for b in settings.buckets]
+    result = report["models"]["bahdanau"]
+    test_size = tfds.builder("number_lists/short", data_dir=data_dir).info.splits["test"].num_examples
+    assert result["overall"]["count"] == sum(b["count"] for b in result["buckets"]) == test_size
+    assert all(b["count"] > 0 for b in result["buckets"])  # every word bucket is populated
 
 
 def test_bucket_scores_hand_computed():

@@ -6,6 +6,8 @@ Sources and targets end with eos and carry no bos (the models shift targets righ
 Datasets (``config.data.dataset``):
   * ``"number_words/<tiny|small|medium|long>"``: the embedded English/German/French number
     words (`NumberWords`), built offline in seconds and cached in the TFDS data dir.
+  * ``"number_lists/<short|long>"``: sequences of 1 to 8 numbers joined by "then" / "dann" /
+    "puis" (`NumberLists`): sources of up to ~60 words, for length experiments.
   * ``"tsv"``: your own corpus, a TSV file or two aligned text files (`corpus_builder`).
   * any TFDS translation dataset: ``"wmt14_translate/de-en"``, ``"ted_hrlr_translate/pt_to_en"``.
   ``source_lang`` / ``target_lang`` pick the direction.
@@ -51,6 +53,9 @@ from train.data.batching import PackBatchIterDataset
 from train.data.config import default_data_config
 from train.data.corpus import ParallelCorpus
 from train.data.corpus import corpus_builder
+from train.data.number_lists import NumberLists
+from train.data.number_lists import NumberListsConfig
+from train.data.number_lists import numbers_to_words
 from train.data.number_words import NumberWords
 from train.data.number_words import NumberWordsConfig
 from train.data.number_words import number_to_words
@@ -70,8 +75,9 @@ from train.data.tokenizer import train_sentencepiece
 
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
-    "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberWords", "NumberWordsConfig",
+    "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberLists", "NumberListsConfig", "NumberWords",
+    "NumberWordsConfig",
     "PackBatchIterDataset", "ParallelCorpus", "PrefetchIterDataset", "Tokenizer", "Tokenizers",
     "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",
-    "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "train_sentencepiece",
+    "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "numbers_to_words", "train_sentencepiece",
 ]

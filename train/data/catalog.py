@@ -1,6 +1,6 @@
 """TFDS datasets by name, prepared as array_record and read without TensorFlow.
 
-Every dataset (the embedded `number_words`, a user's corpus, any TFDS translation dataset such as
+Every dataset (the embedded `number_words` and `number_lists`, a user's corpus, any TFDS translation dataset such as
 ``wmt14_translate/de-en``, ``wmt_t2t_translate/de-en`` or ``ted_hrlr_translate/pt_to_en``) takes
 the same path: ``builder.download_and_prepare(file_format="array_record")`` (a no-op once the
 data dir holds it) and then ``builder.as_data_source(split)``, a random-access source that grain
@@ -19,6 +19,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 # when their module is imported; `tfds.builder` does not find them otherwise.
 import tensorflow_datasets.translate  # noqa: F401
 
+from train.data import number_lists  # noqa: F401  (registers the `number_lists` builder)
 from train.data import number_words  # noqa: F401  (registers the `number_words` builder)
 
 __all__ = ["prepare_builder", "prepare", "split_sources", "record_text", "record_pair",

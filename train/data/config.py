@@ -14,7 +14,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     # --- What to read -------------------------------------------------------------------------
-    # "number_words/<tiny|small|medium|long>" (embedded, built offline), "tsv" (your files below),
+    # "number_words/<tiny|small|medium|long>" (embedded, built offline), "number_lists/<short|long>"
+    # (embedded: sequences of numbers, sources up to ~60 words), "tsv" (your files below),
     # or any TFDS translation dataset name, e.g. "wmt14_translate/de-en", "wmt_t2t_translate/de-en",
     # "ted_hrlr_translate/pt_to_en" (downloaded once, prepared as array_record).
     c.dataset = "number_words/medium"

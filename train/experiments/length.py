@@ -1,16 +1,19 @@
 r"""Translation quality against source length: the analogue of Bahdanau et al. 2014, Fig. 2.
 
-    python -m train.experiments.length        # 4 models x 600 steps -> docs/length_experiment.*
-                                              # (~35 min on 2 shared CPU cores)
+    python -m train.experiments.length        # number_lists/long, 4 models -> docs/length_experiment_lists.*
+    python -m train.experiments.length --dataset=number_words/long   # -> docs/length_experiment.*
     python -m train.experiments.length --steps=1000 --models=plain,bahdanau \
         --workdir=runs/length_small --output=runs/length_small/report
 
 Trains the fixed-context RNN encoder-decoder (no attention; Cho et al. 2014), RNNsearch
 (Bahdanau et al. 2014, additive attention, eq. 5-6), Luong et al. 2015 global attention
-(general score, eq. 8) and the Transformer (Vaswani et al. 2017) on `number_words/long`
-(numbers below 10^9, equal share per digit count: 1 to 17 English words) with one common
-step budget. Every model is its family's config file (`train/configs/`) with the same data
-overrides, so all of them see the same vocabulary and the same batches in the same order.
+(general score, eq. 8) and the Transformer (Vaswani et al. 2017) with one common step budget
+on a dataset of `DATASETS`: by default `number_lists/long` (1 to 8 numbers below 10^4 joined
+by "then": 2 to ~60 English words, the range of Bahdanau's Fig. 2), or `number_words/long`
+(single numbers below 10^9: at most 17 words, too short for the fixed context to run out of
+room). Each dataset's entry sets the token lengths, batch buckets, decode length, word buckets,
+budget and default paths. Every model is its family's config file (`train/configs/`) with the
+same data overrides, so all of them see the same vocabulary and the same batches in the same order.
 Training is the one trainer (`train.train_lib.train_and_evaluate`), each model in
 `<workdir>/<model>`, so an interrupted experiment resumes where it stopped (a model that
 finished is not retrained). Then the test predictions are bucketed by source length in words
@@ -21,6 +24,7 @@ times, tables). Text from a "## Reading" heading on in an existing `<output>.md`
 Bad input (unknown model name, steps < 1, ...) ends with one `error: ...` line and exit 1.
 """
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -43,8 +47,8 @@ from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
 from train.data import load_tokenizers
 from train.experiments import length_report
 
-__all__ = ["MODELS", "LABELS", "DEFAULT_BUCKETS", "DEFAULT_STEPS", "parse_models", "experiment_config",
-           "count_parameters", "machine_description", "run_experiment"]
+__all__ = ["MODELS", "LABELS", "DatasetSettings", "DATASETS", "DEFAULT_DATASET", "dataset_settings",
+           "parse_models", "experiment_config", "count_parameters", "machine_description", "run_experiment"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,11 +67,64 @@ LABELS = {
 }
 _CONFIG_FILES = {"plain": "rnn_plain.py", "bahdanau": "rnn_bahdanau.py", "luong": "rnn_luong.py",
                  "transformer": "transformer.py"}
-DEFAULT_DATASET = "number_words/long"
-# Source words of number_words/long's test split run from 2 to 17; short numbers are rare
-# (1-3 digits are 1,000 of 107,000 numbers), so the first bucket gathers them (>= 300 pairs each).
-DEFAULT_BUCKETS: tuple[length_report.Bucket, ...] = ((1, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, None))
-DEFAULT_STEPS = 600  # the budget of docs/length_experiment.md (~35 min for all four on 2 CPU cores)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSettings:
+    """What the experiment sets per dataset (token counts measured with the shared V=256 vocabulary).
+
+    Attributes:
+      max_length: `data.max_source_length` and `data.max_target_length` (eos included): the
+        longest tokenized source or target of the dataset, so no pair is filtered out.
+      bucket_lengths: `data.bucket_lengths`, ascending, last == max_length.
+      decode_max_length: `decode.max_length`, room above the longest target.
+      buckets: (low, high) source-word buckets of the report, contiguous from 1, last open-ended.
+      steps: default common step budget.
+      workdir: default experiment directory.
+      output: default report path prefix.
+    """
+
+    max_length: int
+    bucket_lengths: tuple[int, ...]
+    decode_max_length: int
+    buckets: tuple[length_report.Bucket, ...]
+    steps: int
+    workdir: str
+    output: str
+
+
+DATASETS: dict[str, DatasetSettings] = {
+    # 2 to 63 source words; V=256 tokens: sources <= 80 (mean 42), targets <= 51 (mean 26).
+    # Eight 8-word buckets of ~360-430 test pairs (of 3,000).
+    "number_lists/long": DatasetSettings(
+        max_length=80, bucket_lengths=(24, 40, 56, 80), decode_max_length=72,
+        buckets=((1, 8), (9, 16), (17, 24), (25, 32), (33, 40), (41, 48), (49, 56), (57, None)),
+        steps=600, workdir="runs/length_lists", output="docs/length_experiment_lists"),
+    # 2 to 17 source words; sources <= 21 tokens, targets <= 15. Short numbers are rare (1-3
+    # digits are 1,000 of 107,000 numbers), so the first bucket gathers them (>= 300 pairs each).
+    "number_words/long": DatasetSettings(
+        max_length=24, bucket_lengths=(12, 16, 24), decode_max_length=32,
+        buckets=((1, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, None)),
+        steps=600, workdir="runs/length", output="docs/length_experiment"),
+    # The tests' small configs (1 to 17 words, <= ~24 tokens).
+    "number_lists/short": DatasetSettings(
+        max_length=32, bucket_lengths=(32,), decode_max_length=40, buckets=((1, 4), (5, 9), (10, None)),
+        steps=2, workdir="runs/length_short", output="runs/length_short/report"),
+    "number_words/tiny": DatasetSettings(
+        max_length=24, bucket_lengths=(24,), decode_max_length=32, buckets=((1, 3), (4, 4), (5, None)),
+        steps=2, workdir="runs/length_tiny", output="runs/length_tiny/report"),
+}
+DEFAULT_DATASET = "number_lists/long"  # long enough for the fixed context to run out of room
+
+
+def dataset_settings(dataset: str) -> DatasetSettings:
+    """`DATASETS[dataset]`; a one-line ValueError for a dataset the experiment has no settings for."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: got {dataset!r}, expected one of {list(DATASETS)} "
+                         "(add its token lengths and buckets to DATASETS)")
+    return DATASETS[dataset]
+
+
 # The plain RNN is rnn_plain.py widened so that it has at least as many parameters as every
 # attention RNN (Luong's 2-layer LSTM is the largest): it must not lose for being smaller.
 PLAIN_HIDDEN_SIZE = 224  # per encoder direction (rnn_plain.py: 128)
@@ -94,7 +151,7 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
     Args:
       model: a key of `MODELS`.
       steps: the common training budget (optimizer steps).
-      dataset: `config.data.dataset`.
+      dataset: `config.data.dataset`, a key of `DATASETS`.
       data_dir: TFDS data dir ("" = TFDS default).
       progress_bar: tqdm bar while training.
 
@@ -102,6 +159,7 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
       A run config for `train.train_lib.train_and_evaluate`.
     """
     parse_models([model])
+    settings = dataset_settings(dataset)
     if steps < 1:
         raise ValueError(f"steps: got {steps}, expected >= 1")
     config = MODELS[model]()
@@ -109,10 +167,9 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
     data.dataset = dataset
     data.data_dir = data_dir
     data.vocab_size = 256  # every family's default; one vocabulary for all models
-    # number_words/long with V=256: sources <= 21 tokens, targets <= 15 (eos included).
-    data.max_source_length = 24
-    data.max_target_length = 24
-    data.bucket_lengths = (12, 16, 24)
+    data.max_source_length = settings.max_length
+    data.max_target_length = settings.max_length
+    data.bucket_lengths = settings.bucket_lengths
     data.tokens_per_batch = 2048
     data.batch_size_multiple = jax.local_device_count()  # batches are split over the local devices
     data.eval_splits = ("validation", "test")
@@ -124,7 +181,7 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
     config.eval_decode_examples = 200
     config.checkpoint_every_steps = max(1, steps // 8)  # resume granularity
     config.decode.strategy = "greedy"
-    config.decode.max_length = 32  # twice the longest target
+    config.decode.max_length = settings.decode_max_length
     config.num_heatmaps = 0
     config.progress_bar = progress_bar
     if model == "plain":
@@ -229,9 +286,9 @@ def _model_result(model: str, config: ml_collections.ConfigDict, workdir: str, r
     }
 
 
-def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_STEPS,
-                   output: str = "docs/length_experiment", dataset: str = DEFAULT_DATASET, data_dir: str = "",
-                   buckets: Sequence[length_report.Bucket] = DEFAULT_BUCKETS, split: str = "test",
+def run_experiment(models: Sequence[str], workdir: str = "", *, steps: int = 0, output: str = "",
+                   dataset: str = DEFAULT_DATASET, data_dir: str = "",
+                   buckets: Sequence[length_report.Bucket] = (), split: str = "test",
                    progress_bar: bool = True, command: str = "",
                    configure: Callable[[str, ml_collections.ConfigDict], None] | None = None
                    ) -> dict[str, Any] | None:
@@ -239,12 +296,14 @@ def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_
 
     Args:
       models: names from `MODELS` (plot and table order).
-      workdir: experiment directory; model `m` trains in `<workdir>/m` (resumed if present).
-      steps: common number of training steps.
-      output: path prefix of the report files (directory created if needed).
-      dataset: `config.data.dataset` (e.g. "number_words/tiny" in tests).
+      workdir: experiment directory; model `m` trains in `<workdir>/m` (resumed if present);
+        "" = the dataset's default.
+      steps: common number of training steps; 0 = the dataset's default.
+      output: path prefix of the report files (directory created if needed); "" = the dataset's.
+      dataset: `config.data.dataset`, a key of `DATASETS` (e.g. "number_words/tiny" in tests).
       data_dir: TFDS data dir ("" = TFDS default).
-      buckets: (low, high) source-word buckets, contiguous from 1, last open-ended.
+      buckets: (low, high) source-word buckets, contiguous from 1, last open-ended; () = the
+        dataset's.
       split: eval split whose predictions are bucketed.
       progress_bar: tqdm bar while training.
       command: the command line recorded in the report ("" = called from Python).
@@ -256,6 +315,9 @@ def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_
       (SIGTERM / SIGINT); re-running resumes.
     """
     models = parse_models(models)
+    settings = dataset_settings(dataset)
+    workdir, output = workdir or settings.workdir, output or settings.output
+    steps, buckets = steps or settings.steps, tuple(buckets) or settings.buckets
     length_report.check_buckets(buckets)
     configs = {m: experiment_config(m, steps=steps, dataset=dataset, data_dir=data_dir, progress_bar=progress_bar)
                for m in models}
@@ -297,11 +359,13 @@ def run_experiment(models: Sequence[str], workdir: str, *, steps: int = DEFAULT_
     return report
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/length", "Experiment directory; each model trains in <workdir>/<model>.")
-_STEPS = flags.DEFINE_integer("steps", DEFAULT_STEPS, "Common training budget (steps) of every model.")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Experiment directory; each model trains in <workdir>/<model> "
+                               "(empty: the dataset's, e.g. runs/length_lists).")
+_STEPS = flags.DEFINE_integer("steps", 0, "Common training budget (steps) of every model (0: the dataset's).")
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to train and plot, from {list(MODELS)}.")
-_OUTPUT = flags.DEFINE_string("output", "docs/length_experiment", "Report path prefix: <output>.png/.json/.md.")
-_DATASET = flags.DEFINE_string("dataset", DEFAULT_DATASET, "config.data.dataset of every model.")
+_OUTPUT = flags.DEFINE_string("output", "", "Report path prefix: <output>.png/.json/.md (empty: the dataset's, "
+                              "e.g. docs/length_experiment_lists).")
+_DATASET = flags.DEFINE_string("dataset", DEFAULT_DATASET, f"config.data.dataset of every model, from {list(DATASETS)}.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (empty: the TFDS default).")
 _PROGRESS = flags.DEFINE_bool("progress_bar", True, "Show a tqdm progress bar while training.")
 
@@ -329,20 +393,22 @@ def main(argv):
     logging.getLogger("absl").addFilter(_OrbaxMetricWarning())
     command = " ".join(["python -m train.experiments.length", *sys.argv[1:]])
     try:
-        report = run_experiment(_MODELS.value, _WORKDIR.value, steps=_STEPS.value, output=_OUTPUT.value,
+        settings = dataset_settings(_DATASET.value)
+        workdir, output = _WORKDIR.value or settings.workdir, _OUTPUT.value or settings.output
+        report = run_experiment(_MODELS.value, workdir, steps=_STEPS.value, output=output,
                                 dataset=_DATASET.value, data_dir=_DATA_DIR.value, progress_bar=_PROGRESS.value,
                                 command=command)
     except (ValueError, OSError, train_lib.NonFiniteLossError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
         return 1
     if report is None:
-        print(f"Interrupted; checkpoints saved in {_WORKDIR.value}. Re-run the same command to resume.")
+        print(f"Interrupted; checkpoints saved in {workdir}. Re-run the same command to resume.")
         return 0
     for result in report["models"].values():
         o = result["overall"]
         print(f"{result['label']}: BLEU {o['bleu']:.2f} | exact match {100 * o['exact_match']:.1f}% | "
               f"{result['parameters']:,} parameters | {result['wall_time_s']:.0f} s")
-    print(f"Wrote {_OUTPUT.value}.png, .json and .md")
+    print(f"Wrote {output}.png, .json and .md")
     return 0
 
 
