@@ -22,9 +22,11 @@ Builder configs (``tfds.data_source("number_lists/<config>")``, name = ``number_
 | config | numbers   | per example | train  | validation | test  | source words (en) | build (2 CPU cores) |
 |--------|-----------|-------------|--------|------------|-------|-------------------|---------------------|
 | short  | [0, 10^3) | 1 to 3      | 300    | 50         | 50    | 1 to 17           | < 1 s (tests)       |
-| long   | [0, 10^4) | 1 to 8      | 60,000 | 1,000      | 3,000 | 1 to 62           | ~ 15 s              |
+| long   | [0, 10^4) | 1 to 8      | 60,000 | 1,000      | 3,000 | 1 to 63 (mean 32) | ~ 7 s               |
 
-(Words are computed once per distinct number, so the build costs little more than writing.)
+(Words are computed once per distinct number, so the build costs little more than writing. With the
+shared V=256 SentencePiece vocabulary of the length experiment, `long` sources are at most 80
+tokens (mean 42) and German targets at most 51 (mean 26), eos included.)
 """
 
 from __future__ import annotations
