@@ -1,7 +1,8 @@
 r"""Translation quality against source length: the analogue of Bahdanau et al. 2014, Fig. 2.
 
-    python -m train.experiments.length        # number_lists/long, 4 models -> docs/length_experiment_lists.*
-    python -m train.experiments.length --dataset=number_words/long   # -> docs/length_experiment.*
+    python -m train.experiments.length        # number_lists/long, 4 models x 600 steps
+                                              # -> docs/length_experiment_lists.* (~26 min, 2 CPU cores)
+    python -m train.experiments.length --dataset=number_words/long   # -> docs/length_experiment.* (~35 min)
     python -m train.experiments.length --steps=1000 --models=plain,bahdanau \
         --workdir=runs/length_small --output=runs/length_small/report
 
