@@ -13,16 +13,14 @@ import directly). Bad input ends with one `error: ...` line and exit status 1,
 with nothing in the workdir overwritten.
 """
 
-import logging
 import os
 import sys
 
 import jax
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from train import sharding, train_lib
+from train import cli, sharding, train_lib
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "transformer.py")
 
@@ -73,35 +71,11 @@ def _run() -> int:
     return 0
 
 
-class _OrbaxMetricWarning(logging.Filter):
-    """Drops Orbax's warning for saves without metrics: only evaluation saves carry BLEU."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    # One line and exit status 1 for a bad flag or config override (unknown key, bad value).
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Our progress lines at INFO; library chatter (Orbax, TFDS, absl) only from WARNING.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("train").setLevel(logging.INFO)
-    logging.getLogger("absl").addFilter(_OrbaxMetricWarning())
-    try:
-        return _run()
-    except (ValueError, OSError, train_lib.NonFiniteLossError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
-        return 1
+    cli.reject_positional(argv)
+    cli.configure_logging()
+    return cli.one_line_errors(_run)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -41,9 +41,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
-from absl import logging as absl_logging
 
-from train import evaluation, run_config, train_lib
+from train import cli, evaluation, run_config, train_lib
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
 from train.data import load_tokenizers
 from train.experiments import length_report
@@ -371,37 +370,13 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (empty: the TFDS 
 _PROGRESS = flags.DEFINE_bool("progress_bar", True, "Show a tqdm progress bar while training.")
 
 
-class _OrbaxMetricWarning(logging.Filter):
-    """Drops Orbax's warning for saves without metrics: only evaluation saves carry BLEU."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("train").setLevel(logging.INFO)
-    logging.getLogger("absl").addFilter(_OrbaxMetricWarning())
+def _run() -> int:
     command = " ".join(["python -m train.experiments.length", *sys.argv[1:]])
-    try:
-        settings = dataset_settings(_DATASET.value)
-        workdir, output = _WORKDIR.value or settings.workdir, _OUTPUT.value or settings.output
-        report = run_experiment(_MODELS.value, workdir, steps=_STEPS.value, output=output,
-                                dataset=_DATASET.value, data_dir=_DATA_DIR.value, progress_bar=_PROGRESS.value,
-                                command=command)
-    except (ValueError, OSError, train_lib.NonFiniteLossError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
-        return 1
+    settings = dataset_settings(_DATASET.value)
+    workdir, output = _WORKDIR.value or settings.workdir, _OUTPUT.value or settings.output
+    report = run_experiment(_MODELS.value, workdir, steps=_STEPS.value, output=output,
+                            dataset=_DATASET.value, data_dir=_DATA_DIR.value, progress_bar=_PROGRESS.value,
+                            command=command)
     if report is None:
         print(f"Interrupted; checkpoints saved in {workdir}. Re-run the same command to resume.")
         return 0
@@ -413,5 +388,11 @@ def main(argv):
     return 0
 
 
+def main(argv):
+    cli.reject_positional(argv)
+    cli.configure_logging()
+    return cli.one_line_errors(_run)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

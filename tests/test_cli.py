@@ -1,0 +1,59 @@
+"""train.cli: what the entry points share (flag errors, one-line user errors, log filtering)."""
+
+import logging
+
+import pytest
+
+from train import cli, train_lib
+
+
+def test_bad_flag_is_one_line_and_exit_status_1(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_flags(["prog", "--no_such_flag_anywhere=3"])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no_such_flag_anywhere" in lines[0]
+
+
+@pytest.mark.parametrize("error", [ValueError("config.model.num_heads:\n  got 3,\n  expected a divisor of 64"),
+                                   FileNotFoundError("no vocabulary at runs/x/vocab.model"),
+                                   train_lib.NonFiniteLossError("loss is nan at step 7")])
+def test_user_errors_become_one_line(error, capsys):
+    def body() -> int:
+        raise error
+    assert cli.one_line_errors(body) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert " ".join(str(error).split()) in err
+
+
+def test_programming_errors_keep_their_traceback():
+    def body() -> int:
+        raise TypeError("a bug, not bad input")
+    with pytest.raises(TypeError, match="a bug"):
+        cli.one_line_errors(body)
+    assert cli.one_line_errors(lambda: 0) == 0
+
+
+def test_positional_arguments_are_rejected():
+    from absl import app
+    cli.reject_positional(["prog"])
+    with pytest.raises(app.UsageError, match="unexpected arguments: extra words"):
+        cli.reject_positional(["prog", "extra", "words"])
+
+
+def test_logging_filters_orbax_metric_warning_once():
+    absl_logger = logging.getLogger("absl")
+    before = list(absl_logger.filters)
+    try:
+        cli.configure_logging()
+        cli.configure_logging()
+        added = [f for f in absl_logger.filters if f not in before]
+        assert len(added) <= 1 and len([f for f in absl_logger.filters if type(f).__name__ == "_OrbaxMetricWarning"]) == 1
+        record = logging.LogRecord("absl", logging.WARNING, __file__, 1, "Save did not provide metrics", None, None)
+        assert not absl_logger.filter(record)
+        record = logging.LogRecord("absl", logging.WARNING, __file__, 1, "something else", None, None)
+        assert absl_logger.filter(record)
+        assert logging.getLogger("train").getEffectiveLevel() == logging.INFO
+    finally:
+        absl_logger.filters[:] = before
