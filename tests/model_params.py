@@ -72,3 +72,13 @@ def fit(model, variables, inputs, targets, *, steps: int, lr: float):
         return trained, losses
 
     return train(variables)
+
+
+def shrink_model(config) -> None:
+    """Test-size widths for a trainer config of any family (one layer, width 16), in place."""
+    if config.model.family == "transformer":
+        config.model.update(emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1)
+    else:
+        config.model.update(embed_dim=16, hidden_size=16, num_layers=1)
+        if config.model.decoder_hidden_size is not None:
+            config.model.decoder_hidden_size = 16

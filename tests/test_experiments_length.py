@@ -14,6 +14,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
+from model_params import shrink_model
 from train import run_config
 from train.experiments import length, length_report
 
@@ -27,12 +28,7 @@ def tiny(model, config):
     del model
     config.data.update(vocab_size=48, bucket_lengths=(24,), tokens_per_batch=192, batch_size_multiple=8,
                        eval_batch_size=16, read_threads=1)
-    if config.model.family == "transformer":
-        config.model.update(emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1)
-    else:
-        config.model.update(embed_dim=16, hidden_size=16, num_layers=1)
-        if config.model.decoder_hidden_size is not None:
-            config.model.decoder_hidden_size = 16
+    shrink_model(config)
     config.update(warmup_steps=1, log_every_steps=1, eval_every_steps=100, checkpoint_every_steps=100)
     config.decode.max_length = 12
 

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+from model_params import shrink_model
 from train import checkpoint, train_lib
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer, transformer_base_wmt14
 
@@ -57,12 +58,7 @@ def tiny(module, data_dir, **overrides):
     config.data.eval_batch_size = 16
     config.data.eval_max_examples = 16
     config.data.read_threads = 1
-    if config.model.family == "transformer":
-        config.model.update(emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1)
-    else:
-        config.model.update(embed_dim=16, hidden_size=16, num_layers=1)
-        if config.model.decoder_hidden_size is not None:
-            config.model.decoder_hidden_size = 16
+    shrink_model(config)
     config.num_train_steps = 6
     config.warmup_steps = 2
     config.log_every_steps = 2

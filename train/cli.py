@@ -1,14 +1,10 @@
 """What every command-line entry point of `train` shares: flag parsing, logging, one-line errors.
 
-    from train import cli
-
-    def main(argv):
-        cli.reject_positional(argv)
-        cli.configure_logging()
-        return cli.one_line_errors(_run)
+    def _run() -> int:                 # reads the absl flags, does the work, returns the exit status
+        ...
 
     if __name__ == "__main__":
-        app.run(main, flags_parser=cli.parse_flags)
+        cli.run(_run)
 """
 
 from __future__ import annotations
@@ -63,3 +59,12 @@ def one_line_errors(body: Callable[[], int]) -> int:
     except USER_ERRORS as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
+
+
+def run(body: Callable[[], int]) -> None:
+    """`app.run` of `body` with the flag parsing, logging and one-line errors above; exits with its status."""
+    def main(argv: list[str]) -> int:
+        reject_positional(argv)
+        configure_logging()
+        return one_line_errors(body)
+    app.run(main, flags_parser=parse_flags)

@@ -17,7 +17,7 @@ import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from train import cli, sharding, train_lib
@@ -71,11 +71,5 @@ def _run() -> int:
     return 0
 
 
-def main(argv):
-    cli.reject_positional(argv)
-    cli.configure_logging()
-    return cli.one_line_errors(_run)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(_run)

@@ -36,8 +36,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from train.data.number_words import LANGUAGES
-from train.data.number_words import number_to_words
+from train.data.number_words import LANGUAGES, number_dataset_info, number_to_words, split_draws
 
 __all__ = ["NumberLists", "NumberListsConfig", "SEPARATORS", "numbers_to_words",
            "sample_split_sequences"]
@@ -136,9 +135,7 @@ def sample_split_sequences(config: NumberListsConfig) -> dict[str, list[tuple[in
                 break
         seen.add(seq)
         sequences.append(seq)
-    n_test, n_val = config.num_test, config.num_validation
-    return {"test": sequences[:n_test], "validation": sequences[n_test:n_test + n_val],
-            "train": sequences[n_test + n_val:]}
+    return split_draws(sequences, config)
 
 
 class NumberLists(tfds.core.GeneratorBasedBuilder):
@@ -157,13 +154,7 @@ class NumberLists(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "long"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {lang: tfds.features.Text() for lang in LANGUAGES}
-        features["numbers"] = tfds.features.Tensor(shape=(None,), dtype=np.int64)
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(features),
-            supervised_keys=("en", "de"),
-            homepage="https://github.com/savoirfairelinux/num2words",
-        )
+        return number_dataset_info(self, "numbers", tfds.features.Tensor(shape=(None,), dtype=np.int64))
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download.

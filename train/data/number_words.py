@@ -126,10 +126,25 @@ def sample_split_numbers(config: NumberWordsConfig) -> dict[str, np.ndarray]:
         numbers = np.concatenate([lo + rng.choice(hi - lo, size=counts[lo], replace=False)
                                   for lo, hi in sorted(groups)])
         numbers = rng.permutation(numbers)
-    numbers = numbers.astype(np.int64)
+    return split_draws(numbers.astype(np.int64), config)
+
+
+def split_draws(draws, config):
+    """The first `num_test` draws are the test split, the next `num_validation` validation, the rest train."""
     n_test, n_val = config.num_test, config.num_validation
-    return {"test": numbers[:n_test], "validation": numbers[n_test:n_test + n_val],
-            "train": numbers[n_test + n_val:]}
+    return {"test": draws[:n_test], "validation": draws[n_test:n_test + n_val], "train": draws[n_test + n_val:]}
+
+
+def number_dataset_info(builder: tfds.core.GeneratorBasedBuilder, name: str,
+                        feature: tfds.features.FeatureConnector) -> tfds.core.DatasetInfo:
+    """DatasetInfo of a number builder: one text feature per language, the drawn numbers as `name`."""
+    features = {lang: tfds.features.Text() for lang in LANGUAGES}
+    features[name] = feature
+    return builder.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=("en", "de"),
+        homepage="https://github.com/savoirfairelinux/num2words",
+    )
 
 
 class NumberWords(tfds.core.GeneratorBasedBuilder):
@@ -152,13 +167,7 @@ class NumberWords(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "medium"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {lang: tfds.features.Text() for lang in LANGUAGES}
-        features["number"] = tfds.features.Scalar(dtype=np.int64)
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(features),
-            supervised_keys=("en", "de"),
-            homepage="https://github.com/savoirfairelinux/num2words",
-        )
+        return number_dataset_info(self, "number", tfds.features.Scalar(dtype=np.int64))
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download.

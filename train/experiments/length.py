@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 from train import cli, evaluation, run_config, train_lib
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
@@ -388,11 +388,5 @@ def _run() -> int:
     return 0
 
 
-def main(argv):
-    cli.reject_positional(argv)
-    cli.configure_logging()
-    return cli.one_line_errors(_run)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(_run)
