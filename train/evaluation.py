@@ -56,8 +56,9 @@ def make_decode_fn(
     return jax.jit(lambda params, inputs: decode(params, inputs), out_shardings=out_sharding)
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
+def is_exact(hypothesis: str, reference: str) -> bool:
+    """Exact match up to whitespace: the one definition behind every exact-match figure."""
+    return hypothesis.split() == reference.split()
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -66,7 +67,7 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
         raise ValueError(f"hypotheses: got {len(hypotheses)}, expected {len(references)} (one per reference)")
     if not hypotheses:
         return {"bleu": 0.0, "chrf": 0.0, "exact_match": 0.0}
-    exact = np.mean([_normalise(h) == _normalise(r) for h, r in zip(hypotheses, references)])
+    exact = np.mean([is_exact(h, r) for h, r in zip(hypotheses, references)])
     # effective_order: n-gram orders absent from the whole corpus are left out of the
     # geometric mean. Identical to standard BLEU whenever 4-grams exist; without it a
     # corpus of one-word sentences (German number compounds) scores 0 even when perfect.
@@ -165,7 +166,7 @@ def write_samples(path: str, rows: Sequence[dict[str, Any]], limit: int) -> list
     lines = []
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
-            mark = "=" if _normalise(row["hypothesis"]) == _normalise(row["reference"]) else "x"
+            mark = "=" if is_exact(row["hypothesis"], row["reference"]) else "x"
             line = f"[{mark}] {row['source']}  =>  {row['hypothesis']}   (reference: {row['reference']})"
             f.write(line + "\n")
             if len(lines) < limit:
@@ -178,7 +179,7 @@ def write_predictions(path: str, rows: Sequence[dict[str, Any]]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             record = {key: row[key] for key in ("index", "source", "reference", "hypothesis")}
-            record["exact"] = _normalise(row["hypothesis"]) == _normalise(row["reference"])
+            record["exact"] = is_exact(row["hypothesis"], row["reference"])
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
