@@ -1,0 +1,15 @@
+"""The one exception type for mistakes in what the user gave the trainer.
+
+Validators (config, workdir, data files, checkpoints, command-line flags)
+raise `UserError`; the command line turns it into one `error: ...` line and
+exit status 1. Any other exception is a bug and keeps its traceback.
+
+`UserError` subclasses `ValueError` so that code calling the trainer from
+Python (notebooks, tests) can keep catching `ValueError`.
+"""
+
+__all__ = ["UserError"]
+
+
+class UserError(ValueError):
+    """A bad config field, flag, file or workdir: a one-line message naming it."""
