@@ -1,10 +1,14 @@
 """train.cli: what the entry points share (flag errors, one-line user errors, log filtering)."""
 
+import errno
 import logging
+import os
+import re
 
 import pytest
 
 from train import cli, train_lib
+from train.errors import UserError
 
 
 def test_bad_flag_is_one_line_and_exit_status_1(capsys):
@@ -15,8 +19,7 @@ def test_bad_flag_is_one_line_and_exit_status_1(capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no_such_flag_anywhere" in lines[0]
 
 
-@pytest.mark.parametrize("error", [ValueError("config.model.num_heads:\n  got 3,\n  expected a divisor of 64"),
-                                   FileNotFoundError("no vocabulary at runs/x/vocab.model"),
+@pytest.mark.parametrize("error", [UserError("config.model.num_heads:\n  got 3,\n  expected a divisor of 64"),
                                    train_lib.NonFiniteLossError("loss is nan at step 7")])
 def test_user_errors_become_one_line(error, capsys):
     def body() -> int:
@@ -27,10 +30,21 @@ def test_user_errors_become_one_line(error, capsys):
     assert " ".join(str(error).split()) in err
 
 
-def test_programming_errors_keep_their_traceback():
+def test_environment_errors_become_one_line(tmp_path, capsys):
     def body() -> int:
-        raise TypeError("a bug, not bad input")
-    with pytest.raises(TypeError, match="a bug"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "checkpoints" / "7"))
+    assert cli.one_line_errors(body) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: No space left on device: ")
+    assert re.search(r"run/checkpoints/7 \(\d+\.\d MiB free there\)", err), err
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug, not bad input"), ValueError("a bug's ValueError"),
+                                   FileNotFoundError(errno.ENOENT, "a bug's missing file", "nowhere")])
+def test_programming_errors_keep_their_traceback(error):
+    def body() -> int:
+        raise error
+    with pytest.raises(type(error), match="a bug"):
         cli.one_line_errors(body)
     assert cli.one_line_errors(lambda: 0) == 0
 

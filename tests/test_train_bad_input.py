@@ -14,6 +14,7 @@ import pytest
 from train import checkpoint, run_config, train_lib
 from train.configs import rnn_bahdanau, transformer
 from train.data import train_sentencepiece
+from train.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def test_heads_not_dividing_width_fails_before_writing(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny()
     config.model.update(emb_dim=16, num_heads=3)
-    with pytest.raises(ValueError, match="num_heads=3 must divide emb_dim=16"):
+    with pytest.raises(UserError, match="config.model: .*num_heads=3 must divide emb_dim=16"):
         train_lib.train_and_evaluate(config, workdir)
     assert not os.path.exists(workdir)
 
@@ -62,7 +63,7 @@ def test_heads_not_dividing_width_fails_before_writing(tmp_path):
 def test_invalid_trainer_fields(tmp_path, field, value, message):
     config = tiny()
     config[field] = value
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         train_lib.train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 

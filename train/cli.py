@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -17,9 +20,14 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from train import train_lib
+from train.errors import UserError
 
-# Errors that are the user's input or environment, reported as one line (not a traceback).
-USER_ERRORS = (ValueError, OSError, train_lib.NonFiniteLossError)
+# Errors that are the user's input, reported as one line; any other exception is a bug and keeps
+# its traceback.
+USER_ERRORS = (UserError, train_lib.NonFiniteLossError)
+# OSErrors that are the machine's state rather than a bug: a full disk, no permission, a read-only
+# file system. A missing file is not among them: the validators check the files the user names.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class _OrbaxMetricWarning(logging.Filter):
@@ -52,12 +60,33 @@ def configure_logging() -> None:
         absl_logger.addFilter(_OrbaxMetricWarning())
 
 
+def environment_message(e: OSError) -> str:
+    """One line for an OSError of the environment: what failed, where, and (disk full) how much is free."""
+    where = e.filename or ""
+    message = f"{e.strerror or e}" + (f": {where}" if where else "")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and where:
+        path = str(where)
+        while path and not os.path.exists(path):
+            path = os.path.dirname(path)
+        try:
+            free = shutil.disk_usage(path or ".").free
+            message += f" ({free / 2**20:.1f} MiB free there); free some space and re-run to resume"
+        except OSError:
+            pass
+    return message
+
+
 def one_line_errors(body: Callable[[], int]) -> int:
-    """Runs `body`; a user error becomes one `error: ...` line on stderr and exit status 1."""
+    """Runs `body`; a user or environment error becomes one `error: ...` line on stderr and exit status 1."""
     try:
         return body()
     except USER_ERRORS as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print("error: " + " ".join(environment_message(e).split()), file=sys.stderr)
         return 1
 
 

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from train.errors import UserError
+
 __all__ = [
     "SCHEDULES",
     "SAMPLING_SCHEDULES",
@@ -76,7 +78,7 @@ def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
       (scalar float32).
     """
     if config.schedule not in SCHEDULES:
-        raise ValueError(f"config.schedule: got {config.schedule!r}, expected one of {sorted(SCHEDULES)}")
+        raise UserError(f"config.schedule: got {config.schedule!r}, expected one of {sorted(SCHEDULES)}")
     return SCHEDULES[config.schedule](config)
 
 
@@ -159,7 +161,7 @@ def make_sampling_schedule(config: ml_collections.ConfigDict) -> Schedule:
     """
     kind = config.scheduled_sampling.kind
     if kind not in SAMPLING_SCHEDULES:
-        raise ValueError(
+        raise UserError(
             f"config.scheduled_sampling.kind: got {kind!r}, expected one of {sorted(SAMPLING_SCHEDULES)}"
         )
     return SAMPLING_SCHEDULES[kind](config)

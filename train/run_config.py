@@ -3,7 +3,7 @@
 `validate_config` and `check_workdir` run before the trainer writes anything:
 a config that cannot work (unknown model field, heads not dividing D, a batch
 that cannot be split over the devices, ...) or a workdir that holds another
-model is refused with a one-line `ValueError`, and nothing is overwritten.
+model is refused with a one-line `UserError`, and nothing is overwritten.
 """
 
 import json
@@ -18,6 +18,7 @@ import ml_collections
 
 from jaxattn import models
 from train import optim, sharding
+from train.errors import UserError
 
 __all__ = [
     "MODEL_FAMILIES",
@@ -59,16 +60,18 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **changes: 
     fields = config.model.to_dict()
     family = fields.pop("family")
     if family not in MODEL_FAMILIES:
-        raise ValueError(f"config.model.family: got {family!r}, expected one of {sorted(MODEL_FAMILIES)}")
+        raise UserError(f"config.model.family: got {family!r}, expected one of {sorted(MODEL_FAMILIES)}")
     if config.compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(
+        raise UserError(
             f"config.compute_dtype: got {config.compute_dtype!r}, expected one of {sorted(COMPUTE_DTYPES)}"
         )
     cls = MODEL_FAMILIES[family][0]
     try:
         return cls(vocab_size=vocab_size, dtype=COMPUTE_DTYPES[config.compute_dtype], **fields, **changes)
     except TypeError as e:  # unknown field
-        raise ValueError(f"config.model: {e} (family {family!r} takes the fields of {cls.__name__})") from None
+        raise UserError(f"config.model: {e} (family {family!r} takes the fields of {cls.__name__})") from None
+    except ValueError as e:  # the model's own checks (e.g. heads dividing the width)
+        raise UserError(f"config.model: {' '.join(str(e).split())}") from None
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int, **changes: Any) -> nn.Module:
@@ -78,11 +81,11 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int, **changes: A
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise UserError(message)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises a one-line ValueError for a config that cannot train; writes nothing."""
+    """Raises a one-line UserError for a config that cannot train; writes nothing."""
     model_config(config, vocab_size=max(config.data.vocab_size, 8))  # family, fields, dtype
     optim.make_schedule(config)
     optim.make_sampling_schedule(config)
@@ -155,14 +158,14 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"workdir: {workdir!r} exists and is not a directory")
+        raise UserError(f"workdir: {workdir!r} exists and is not a directory")
     if not os.path.exists(path):
         return False
     with open(path, encoding="utf-8") as f:
         stored = json.load(f)
     differences = diff(identity(ml_collections.ConfigDict(stored)), identity(config))
     if differences:
-        raise ValueError(
+        raise UserError(
             f"workdir {workdir!r} holds a different model ({'; '.join(differences[:3])}); "
             "use a new --workdir"
         )

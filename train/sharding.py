@@ -30,6 +30,8 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from train.errors import UserError
+
 __all__ = [
     "DATA_AXIS",
     "PMAP_AXIS",
@@ -214,7 +216,7 @@ PARALLEL: dict[str, Callable[[], Any]] = {"jit": MeshParallel, "pmap": PmapParal
 def make_parallel(config: ml_collections.ConfigDict) -> MeshParallel | PmapParallel:
     """The strategy named by `config.parallel` ("jit" or "pmap")."""
     if config.parallel not in PARALLEL:
-        raise ValueError(f"config.parallel: got {config.parallel!r}, expected one of {sorted(PARALLEL)}")
+        raise UserError(f"config.parallel: got {config.parallel!r}, expected one of {sorted(PARALLEL)}")
     return PARALLEL[config.parallel]()
 
 

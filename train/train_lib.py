@@ -25,6 +25,7 @@ import tqdm
 
 from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps
 from train.data import Tokenizers, load_tokenizers, make_datasets
+from train.errors import UserError
 
 __all__ = ["NonFiniteLossError", "Trained", "train_and_evaluate", "evaluate", "load_trained", "translate"]
 
@@ -84,7 +85,7 @@ def _check_checkpoint(ckpt, step, config, tokenizers) -> None:
         run_config.identity(ml_collections.ConfigDict(stored["config"])), run_config.identity(config)
     )
     if differences:
-        raise ValueError(f"checkpoint {step} holds a different model ({'; '.join(differences[:3])})")
+        raise UserError(f"checkpoint {step} holds a different model ({'; '.join(differences[:3])})")
 
 
 def _restore(run: _Run, ckpt, step: int, data_iterator=None):
@@ -295,19 +296,19 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
 
 def _select_step(ckpt, which: str) -> int:
     if which not in CHECKPOINT_CHOICES:
-        raise ValueError(f"checkpoint: got {which!r}, expected one of {CHECKPOINT_CHOICES}")
+        raise UserError(f"checkpoint: got {which!r}, expected one of {CHECKPOINT_CHOICES}")
     step = ckpt.best_step() if which == "best" else ckpt.latest_step()
     if which == "best" and step is None:
         step = ckpt.latest_step()
     if step is None:
-        raise ValueError(f"workdir: no checkpoint in {ckpt.manager.directory}; train first")
+        raise UserError(f"workdir: no checkpoint in {ckpt.manager.directory}; train first")
     return step
 
 
 def _open_checkpoints(workdir: str):
     directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
     if not os.path.isdir(directory):
-        raise ValueError(f"workdir: no checkpoints in {workdir!r}; train first")
+        raise UserError(f"workdir: no checkpoints in {workdir!r}; train first")
     return checkpoint.Checkpointer(directory, keep=1, read_only=True)
 
 

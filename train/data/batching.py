@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from train.data.tokenizer import EOS_ID, PAD_ID
+from train.errors import UserError
 
 __all__ = ["default_bucket_lengths", "rows_per_batch", "fit_length", "BucketBatchIterDataset",
            "PackBatchIterDataset", "eval_batches", "LENGTH_POLICIES"]
@@ -54,8 +55,8 @@ def rows_per_batch(length: int, tokens_per_batch: int, batch_size: int, multiple
     else:
         rows = tokens_per_batch // length // multiple * multiple
     if rows < multiple or rows % multiple:
-        raise ValueError(f"tokens_per_batch/batch_size: length {length} gives {rows} rows per batch, "
-                         f"expected a positive multiple of batch_size_multiple={multiple}")
+        raise UserError(f"tokens_per_batch/batch_size: length {length} gives {rows} rows per batch, "
+                        f"expected a positive multiple of batch_size_multiple={multiple}")
     return rows
 
 
@@ -67,7 +68,7 @@ def fit_length(ids: np.ndarray, max_length: int, policy: str) -> np.ndarray | No
         return None
     if policy == "truncate":
         return np.concatenate([ids[:max_length - 1], np.asarray([EOS_ID], ids.dtype)])  # [max_length]
-    raise ValueError(f"length_policy: got {policy!r}, expected one of {LENGTH_POLICIES}")
+    raise UserError(f"length_policy: got {policy!r}, expected one of {LENGTH_POLICIES}")
 
 
 def _pad_stack(rows: Sequence[np.ndarray], num_rows: int, length: int) -> np.ndarray:
@@ -222,7 +223,7 @@ class _PoolBatchIterDataset(grain.IterDataset):
     def __init__(self, parent: grain.IterDataset, *, pool_size: int, seed: int):
         super().__init__(parent)
         if pool_size < 1:
-            raise ValueError(f"pool_size: got {pool_size}, expected >= 1")
+            raise UserError(f"pool_size: got {pool_size}, expected >= 1")
         self.pool_size = int(pool_size)
         self.seed = int(seed)
 
@@ -250,9 +251,9 @@ class BucketBatchIterDataset(_PoolBatchIterDataset):
         """
         super().__init__(parent, pool_size=pool_size, seed=seed)
         if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < 1:
-            raise ValueError(f"lengths: got {tuple(lengths)}, expected strictly ascending positive")
+            raise UserError(f"lengths: got {tuple(lengths)}, expected strictly ascending positive")
         if len(rows) != len(lengths):
-            raise ValueError(f"rows: got {len(rows)} entries, expected {len(lengths)} (one per bucket)")
+            raise UserError(f"rows: got {len(rows)} entries, expected {len(lengths)} (one per bucket)")
         self.lengths = tuple(int(x) for x in lengths)
         self.rows = tuple(int(x) for x in rows)
 
@@ -276,7 +277,7 @@ class PackBatchIterDataset(_PoolBatchIterDataset):
                  seed: int):
         super().__init__(parent, pool_size=pool_size, seed=seed)
         if length < 1 or rows < 1:
-            raise ValueError(f"length, rows: got {length}, {rows}, expected positive")
+            raise UserError(f"length, rows: got {length}, {rows}, expected positive")
         self.length = int(length)
         self.rows = int(rows)
 
@@ -296,7 +297,7 @@ def eval_batches(examples: Sequence[dict[str, np.ndarray]], *, lengths: Sequence
         `example_index` is the position in `examples` of each row, -1 for all-zero padding rows.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size: got {batch_size}, expected >= 1")
+        raise UserError(f"batch_size: got {batch_size}, expected >= 1")
     longest = [max(len(e["inputs"]), len(e["targets"])) for e in examples]
     if longest and max(longest) > lengths[-1]:
         raise ValueError(f"examples: length {max(longest)} exceeds the largest bucket {lengths[-1]}")

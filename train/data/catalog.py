@@ -21,6 +21,7 @@ import tensorflow_datasets.translate  # noqa: F401
 
 from train.data import number_lists  # noqa: F401  (registers the `number_lists` builder)
 from train.data import number_words  # noqa: F401  (registers the `number_words` builder)
+from train.errors import UserError
 
 __all__ = ["prepare_builder", "prepare", "split_sources", "record_text", "record_pair",
            "feature_keys", "PairReader"]
@@ -31,8 +32,8 @@ def prepare_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(f"dataset: {name!r} is not a TFDS dataset (expected e.g. "
-                         "'number_words/medium', 'wmt14_translate/de-en' or 'tsv')") from None
+        raise UserError(f"dataset: {name!r} is not a TFDS dataset (expected e.g. "
+                        "'number_words/medium', 'wmt14_translate/de-en' or 'tsv')") from None
     return prepare(builder)
 
 
@@ -50,7 +51,7 @@ def split_sources(builder: tfds.core.DatasetBuilder, splits: Sequence[str]
     for split in splits:
         bases = [part.split("[")[0] for part in split.split("+")]  # "train[:90%]+validation"
         if known and any(base not in known for base in bases):
-            raise ValueError(f"split: got {split!r}, expected one of {known} for {builder.name}")
+            raise UserError(f"split: got {split!r}, expected one of {known} for {builder.name}")
         try:
             sources[split] = builder.as_data_source(split=split)
         except (NotImplementedError, ValueError):
@@ -58,8 +59,8 @@ def split_sources(builder: tfds.core.DatasetBuilder, splits: Sequence[str]
             if "array_record" in file_format:
                 raise
             # Prepared earlier (e.g. by TensorFlow users) in another format.
-            raise ValueError(f"data_dir: {builder.data_dir} holds {builder.name} as {file_format}, "
-                             "expected array_record; use another data_dir") from None
+            raise UserError(f"data_dir: {builder.data_dir} holds {builder.name} as {file_format}, "
+                            "expected array_record; use another data_dir") from None
     return sources
 
 

@@ -6,7 +6,7 @@ file changes, and the corpus then takes the same grain path as every other datas
 
 Lines that cannot be used (wrong column count, an empty side, bytes that are not UTF-8) are
 skipped and counted in one log line per file; a missing file or a file with no usable line is a
-one-line ValueError.
+one-line UserError.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from train.errors import UserError
 
 __all__ = ["ParallelCorpus", "ParallelCorpusConfig", "corpus_builder", "read_pairs"]
 
@@ -49,11 +51,11 @@ def read_pairs(files: Sequence[str], skipped: collections.Counter
     elif len(files) == 2:
         src, tgt = _lines(files[0]), _lines(files[1])
         if len(src) != len(tgt):
-            raise ValueError(f"files: {files[0]} has {len(src)} lines, {files[1]} has {len(tgt)}; "
-                             "expected aligned files with equal line counts")
+            raise UserError(f"files: {files[0]} has {len(src)} lines, {files[1]} has {len(tgt)}; "
+                            "expected aligned files with equal line counts")
         rows = zip(src, tgt)
     else:
-        raise ValueError(f"files: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
+        raise UserError(f"files: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
     for number, row in enumerate(rows):
         if row is None:
             skipped["columns"] += 1
@@ -112,8 +114,8 @@ class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
         skipped = collections.Counter()
         total = sum(1 for _ in read_pairs(files, skipped))
         if not total:
-            raise ValueError(f"files: no usable 'source<TAB>target' line in {', '.join(files)} "
-                             f"(skipped: {dict(skipped)})")
+            raise UserError(f"files: no usable 'source<TAB>target' line in {', '.join(files)} "
+                            f"(skipped: {dict(skipped)})")
         if skipped:
             _log.warning("parallel_corpus: skipped %d of %d lines in %s (%s)", sum(skipped.values()),
                          total + sum(skipped.values()), ", ".join(files),
@@ -131,8 +133,8 @@ class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
             splits["validation"] = self._generate_examples(config.eval_files, None, True)
         elif config.eval_holdout:
             if config.eval_holdout >= num_train:
-                raise ValueError(f"eval_holdout: got {config.eval_holdout}, expected fewer than the "
-                                 f"{num_train} usable training pairs")
+                raise UserError(f"eval_holdout: got {config.eval_holdout}, expected fewer than the "
+                                f"{num_train} usable training pairs")
             rng = np.random.default_rng(0)
             holdout = frozenset(rng.choice(num_train, config.eval_holdout, replace=False).tolist())
             splits["validation"] = self._generate_examples(config.train_files, holdout, True)
@@ -158,12 +160,12 @@ def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
     """
     for arg, files in (("train_files", train_files), ("eval_files", eval_files)):
         if len(files) not in ((1, 2) if arg == "train_files" else (0, 1, 2)):
-            raise ValueError(f"{arg}: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
+            raise UserError(f"{arg}: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
         for path in files:
             if not os.path.isfile(path):
-                raise ValueError(f"{arg}: {path} does not exist or is not a file")
+                raise UserError(f"{arg}: {path} does not exist or is not a file")
     if eval_holdout < 0:
-        raise ValueError(f"eval_holdout: got {eval_holdout}, expected >= 0")
+        raise UserError(f"eval_holdout: got {eval_holdout}, expected >= 0")
     train_files = tuple(os.path.abspath(p) for p in train_files)
     eval_files = tuple(os.path.abspath(p) for p in eval_files)
     fingerprint = _fingerprint(train_files + eval_files,

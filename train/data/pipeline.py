@@ -27,6 +27,7 @@ from train.data import catalog
 from train.data import corpus
 from train.data import prefetch
 from train.data.tokenizer import MODEL_TYPES, Tokenizers, load_or_train_tokenizers
+from train.errors import UserError
 
 __all__ = ["Datasets", "EvalSet", "make_datasets", "load_dataset"]
 
@@ -86,10 +87,10 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
                                                     config.train_target_file)
         evals = _files(config.eval_file) or _files(config.eval_source_file, config.eval_target_file)
         if config.train_file and (config.train_source_file or config.train_target_file):
-            raise ValueError("train_file: set either train_file or train_source/target_file, not both")
+            raise UserError("train_file: set either train_file or train_source/target_file, not both")
         if not train:
-            raise ValueError("train_file: dataset 'tsv' needs train_file or train_source_file and "
-                             "train_target_file")
+            raise UserError("train_file: dataset 'tsv' needs train_file or train_source_file and "
+                            "train_target_file")
         builder = catalog.prepare(corpus.corpus_builder(train, evals, config.eval_holdout,
                                                         data_dir))
         source_key, target_key = "source", "target"
@@ -99,9 +100,9 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
         keys = catalog.feature_keys(builder)
         for arg, key in (("source_lang", source_key), ("target_lang", target_key)):
             if key not in keys:
-                raise ValueError(f"{arg}: got {key!r}, expected one of {keys} for {config.dataset}")
+                raise UserError(f"{arg}: got {key!r}, expected one of {keys} for {config.dataset}")
         if source_key == target_key:
-            raise ValueError(f"source_lang, target_lang: both {source_key!r}, expected two languages")
+            raise UserError(f"source_lang, target_lang: both {source_key!r}, expected two languages")
     dataset_id = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
     dataset_id += f":{source_key}->{target_key}"
     return catalog.split_sources(builder, splits), source_key, target_key, dataset_id
@@ -173,20 +174,20 @@ def _sample_texts(reader: catalog.PairReader, side: int, limit: int) -> list[str
 
 def _validate(config: ml_collections.ConfigDict) -> None:
     if config.length_policy not in batching.LENGTH_POLICIES:
-        raise ValueError(f"length_policy: got {config.length_policy!r}, expected one of "
-                         f"{batching.LENGTH_POLICIES}")
+        raise UserError(f"length_policy: got {config.length_policy!r}, expected one of "
+                        f"{batching.LENGTH_POLICIES}")
     for field in ("max_source_length", "max_target_length", "batch_size_multiple",
                   "bucket_pool_size", "eval_batch_size", "read_chunk_size", "vocab_max_sentences"):
         if config[field] < 1:
-            raise ValueError(f"{field}: got {config[field]}, expected >= 1")
+            raise UserError(f"{field}: got {config[field]}, expected >= 1")
     for field in ("read_threads", "prefetch_chunks", "prefetch_batches"):
         if config[field] < 0:
-            raise ValueError(f"{field}: got {config[field]}, expected >= 0")
+            raise UserError(f"{field}: got {config[field]}, expected >= 0")
     if config.vocab_model_type not in MODEL_TYPES:
-        raise ValueError(f"vocab_model_type: got {config.vocab_model_type!r}, expected one of "
-                         f"{MODEL_TYPES}")
+        raise UserError(f"vocab_model_type: got {config.vocab_model_type!r}, expected one of "
+                        f"{MODEL_TYPES}")
     if config.batch_size <= 0 and config.tokens_per_batch <= 0:
-        raise ValueError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
+        raise UserError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
 
 
 def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader, encode: _Encode,
@@ -196,8 +197,8 @@ def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader,
     # Records are read in chunks of consecutive shuffled indices: one batched random read each.
     records = np.arange(len(reader))[process_index::process_count]  # [n] this process's slice
     if not len(records):
-        raise ValueError(f"process_count: {process_count} processes for {len(reader)} training "
-                         f"pairs leave process {process_index} without data")
+        raise UserError(f"process_count: {process_count} processes for {len(reader)} training "
+                        f"pairs leave process {process_index} without data")
     shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
     chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
               .map_with_index(shuffled).map(_ReadEncodeChunk(reader, encode)))
@@ -207,7 +208,7 @@ def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader,
     if config.packing:
         pack_length = config.pack_length or max_length
         if pack_length < max_length:
-            raise ValueError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
+            raise UserError(f"pack_length: got {pack_length}, expected >= {max_length} (max length)")
         rows = batching.rows_per_batch(pack_length, config.tokens_per_batch, config.batch_size,
                                        config.batch_size_multiple)
         train = batching.PackBatchIterDataset(it, length=pack_length, rows=rows,
@@ -260,7 +261,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     max_length = max(config.max_source_length, config.max_target_length)
     lengths = tuple(config.bucket_lengths) or batching.default_bucket_lengths(max_length)
     if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] < max_length:
-        raise ValueError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
+        raise UserError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
 
     sources, source_key, target_key, dataset_id = load_dataset(
         config, [config.train_split, *config.eval_splits])

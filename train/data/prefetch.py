@@ -12,6 +12,8 @@ import threading
 
 import grain
 
+from train.errors import UserError
+
 __all__ = ["PrefetchIterDataset"]
 
 
@@ -96,7 +98,7 @@ class PrefetchIterDataset(grain.IterDataset):
     def __init__(self, parent: grain.IterDataset, *, buffer_size: int):
         super().__init__(parent)
         if buffer_size < 1:
-            raise ValueError(f"buffer_size: got {buffer_size}, expected >= 1")
+            raise UserError(f"buffer_size: got {buffer_size}, expected >= 1")
         self._buffer_size = int(buffer_size)
 
     def __iter__(self) -> _PrefetchIterator:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from train.errors import UserError
+
 __all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers",
            "train_sentencepiece", "load_or_train_tokenizers", "load_tokenizers", "MODEL_TYPES"]
 
@@ -44,8 +46,8 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         specials = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
         if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError(f"model_proto: special ids (pad, unk, bos, eos) got {specials}, "
-                             f"expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
+            raise UserError(f"model_proto: special ids (pad, unk, bos, eos) got {specials}, "
+                            f"expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -118,11 +120,11 @@ class Tokenizers:
                 "target_vocab_size": self.target.vocab_size}
 
     def check(self, stored: Mapping[str, str | int]) -> None:
-        """Raises ValueError if `stored` (a `fingerprint()` from a checkpoint) differs."""
+        """Raises UserError if `stored` (a `fingerprint()` from a checkpoint) differs."""
         current = self.fingerprint()
         if dict(stored) != current:
-            raise ValueError(f"tokenizer: checkpoint was trained with vocabulary {dict(stored)}, "
-                             f"the workdir has {current}; use the checkpoint's workdir/vocab")
+            raise UserError(f"tokenizer: checkpoint was trained with vocabulary {dict(stored)}, "
+                            f"the workdir has {current}; use the checkpoint's workdir/vocab")
 
 
 def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: str = "unigram",
@@ -133,12 +135,12 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: st
     smaller vocabulary instead of an error, so read the size from `Tokenizer.vocab_size`.
     """
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type: got {model_type!r}, expected one of {MODEL_TYPES}")
+        raise UserError(f"model_type: got {model_type!r}, expected one of {MODEL_TYPES}")
     if vocab_size < 8:
-        raise ValueError(f"vocab_size: got {vocab_size}, expected >= 8")
+        raise UserError(f"vocab_size: got {vocab_size}, expected >= 8")
     texts = [t for t in texts if t]
     if not texts:
-        raise ValueError("texts: got no non-empty sentence to train the vocabulary on")
+        raise UserError("texts: got no non-empty sentence to train the vocabulary on")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
@@ -159,9 +161,9 @@ def _load_or_train(vocab_dir: str, role: str, settings: dict, texts_fn: Callable
             with open(settings_path) as f:
                 recorded = json.load(f)
         if recorded is not None and recorded != settings:
-            raise ValueError(f"vocabulary {model_path}: was trained with {recorded}, config asks for "
-                             f"{settings}; use another workdir (an existing vocabulary is never "
-                             "overwritten)")
+            raise UserError(f"vocabulary {model_path}: was trained with {recorded}, config asks for "
+                            f"{settings}; use another workdir (an existing vocabulary is never "
+                            "overwritten)")
         tokenizer = Tokenizer.load(model_path)
         _log.info("Reusing vocabulary %s (V=%d)", model_path, tokenizer.vocab_size)
         return tokenizer
@@ -212,12 +214,12 @@ def load_tokenizers(vocab_dir: str, *, shared: bool) -> Tokenizers:
     """The vocabularies a training run saved in `vocab_dir` (e.g. for translating later).
 
     Raises:
-        ValueError: if a `.model` file is missing.
+        UserError: if a `.model` file is missing.
     """
     roles = ("shared",) if shared else ("source", "target")
     paths = [os.path.join(vocab_dir, f"{role}.model") for role in roles]
     for path in paths:
         if not os.path.exists(path):
-            raise ValueError(f"vocab_dir: missing vocabulary file {path}; train in this workdir first")
+            raise UserError(f"vocab_dir: missing vocabulary file {path}; train in this workdir first")
     tokenizers = [Tokenizer.load(path) for path in paths]
     return Tokenizers(tokenizers[0], tokenizers[-1])

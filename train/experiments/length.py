@@ -46,6 +46,7 @@ from train import cli, evaluation, run_config, train_lib
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
 from train.data import load_tokenizers
 from train.experiments import length_report
+from train.errors import UserError
 
 __all__ = ["MODELS", "LABELS", "DatasetSettings", "DATASETS", "DEFAULT_DATASET", "dataset_settings",
            "parse_models", "experiment_config", "count_parameters", "machine_description", "run_experiment"]
@@ -118,10 +119,10 @@ DEFAULT_DATASET = "number_lists/long"  # long enough for the fixed context to ru
 
 
 def dataset_settings(dataset: str) -> DatasetSettings:
-    """`DATASETS[dataset]`; a one-line ValueError for a dataset the experiment has no settings for."""
+    """`DATASETS[dataset]`; a one-line UserError for a dataset the experiment has no settings for."""
     if dataset not in DATASETS:
-        raise ValueError(f"dataset: got {dataset!r}, expected one of {list(DATASETS)} "
-                         "(add its token lengths and buckets to DATASETS)")
+        raise UserError(f"dataset: got {dataset!r}, expected one of {list(DATASETS)} "
+                        "(add its token lengths and buckets to DATASETS)")
     return DATASETS[dataset]
 
 
@@ -132,15 +133,15 @@ PLAIN_DECODER_HIDDEN_SIZE = 448  # (rnn_plain.py: 256)
 
 
 def parse_models(names: Sequence[str]) -> list[str]:
-    """Checks model names (in order, no repeats); raises a one-line ValueError otherwise."""
+    """Checks model names (in order, no repeats); raises a one-line UserError otherwise."""
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise ValueError(f"models: got none, expected some of {list(MODELS)}")
+        raise UserError(f"models: got none, expected some of {list(MODELS)}")
     unknown = [n for n in names if n not in MODELS]
     if unknown:
-        raise ValueError(f"models: got unknown {unknown}, expected names from {list(MODELS)}")
+        raise UserError(f"models: got unknown {unknown}, expected names from {list(MODELS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"models: got {names}, expected each name once")
+        raise UserError(f"models: got {names}, expected each name once")
     return names
 
 
@@ -161,7 +162,7 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
     parse_models([model])
     settings = dataset_settings(dataset)
     if steps < 1:
-        raise ValueError(f"steps: got {steps}, expected >= 1")
+        raise UserError(f"steps: got {steps}, expected >= 1")
     config = MODELS[model]()
     data = config.data
     data.dataset = dataset
@@ -259,8 +260,8 @@ def _train_model(model: str, config: ml_collections.ConfigDict, workdir: str, st
     if summary["interrupted"]:
         return None
     if summary["step"] != steps:
-        raise ValueError(f"steps: got {steps}, but {workdir!r} holds a run trained to step {summary['step']}; "
-                         "use another --workdir")
+        raise UserError(f"steps: got {steps}, but {workdir!r} holds a run trained to step {summary['step']}; "
+                        "use another --workdir")
     return record
 
 
@@ -326,7 +327,7 @@ def run_experiment(models: Sequence[str], workdir: str = "", *, steps: int = 0, 
             configure(m, config)
     for m, config in configs.items():
         if split not in config.data.eval_splits:
-            raise ValueError(f"split: got {split!r}, expected one of {tuple(config.data.eval_splits)}")
+            raise UserError(f"split: got {split!r}, expected one of {tuple(config.data.eval_splits)}")
         run_config.validate_config(config)
         run_config.check_workdir(config, os.path.join(workdir, m))
     started = time.time()
