@@ -32,6 +32,9 @@ __all__ = [
     "identity",
     "diff",
     "save_config",
+    "DECODE_TIME_FIELDS",
+    "read_workdir_config",
+    "trained_run_config",
 ]
 
 # family -> (frozen hyperparameter dataclass, Flax module)
@@ -182,3 +185,106 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
             f.write(config.to_json(indent=2, sort_keys=True))
         os.replace(tmp, path)
     return path
+
+
+# Fields that `--mode=eval/translate/score` may change on a trained run: how it is decoded and
+# evaluated, where data and devices are. Everything else would describe another model.
+DECODE_TIME_FIELDS = (
+    "decode.", "data.eval_splits", "data.eval_max_examples", "data.eval_batch_size", "data.data_dir",
+    "data.eval_file", "data.eval_source_file", "data.eval_target_file", "data.test_file",
+    "data.test_source_file", "data.test_target_file", "num_samples", "num_heatmaps", "progress_bar",
+    "compute_dtype", "parallel", "distributed.", "compilation_cache_dir",
+)
+
+
+def _merge_defaults(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`stored` with fields added to the configs since it was written taken from `defaults`."""
+    merged = dict(stored)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict) and key != "model":
+            merged[key] = _merge_defaults(merged[key], value)
+    return merged
+
+
+def read_workdir_config(workdir: str) -> dict[str, Any]:
+    """The resolved config a run saved in `<workdir>/config.json`, as a plain dict."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"workdir: no {CONFIG_FILE} in {workdir!r}; train a model there first "
+                        "(python -m train.translate --workdir=...)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable run config ({' '.join(str(e).split())}); restore it from "
+                        "the newest checkpoint's config item or re-train in a new --workdir") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        raise UserError(f"{path}: not a jaxattn run config (no 'model' section); re-train in a new --workdir")
+    return stored
+
+
+def trained_run_config(workdir: str, overrides: dict[str, Any],
+                       config_file: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """The config of the run in `workdir`, with decode-time `overrides` applied.
+
+    `--mode=eval/translate/score` need only `--workdir`: the run's saved config
+    describes the model. `overrides` (the `--config.<field>` flags given) may
+    change `DECODE_TIME_FIELDS`; one that would change the model or its data is
+    a `UserError` naming it. An explicitly given `config_file` must describe the
+    same model (its decode-time fields are used).
+
+    Args:
+      workdir: a run directory holding `config.json`.
+      overrides: {dotted field path: value} from the command line.
+      config_file: the `--config` file's config, if the flag was given.
+
+    Returns:
+      A ConfigDict ready for `train_lib.evaluate` / `translate`.
+    """
+    from train.configs import base  # configs import train.data; keep this module light
+
+    stored = read_workdir_config(workdir)
+    defaults = base.get_base_config().to_dict()
+    config = ml_collections.ConfigDict(_merge_defaults(stored, defaults))
+    if config_file is not None:
+        differences = diff(identity(config), identity(config_file))
+        if differences:
+            raise UserError(f"--config: describes a different model than the run in {workdir!r} "
+                            f"({'; '.join(differences[:3])}); leave --config out to use the run's own")
+        for path in DECODE_TIME_FIELDS:
+            section, _, field = path.partition(".")
+            if path.endswith("."):
+                config[section] = config_file[section]
+            elif field and field in config_file[section]:
+                config[section][field] = config_file[section][field]
+            elif not field and section in config_file:
+                config[section] = config_file[section]
+    for path, value in overrides.items():
+        stored_value = _get_path(config, path)
+        if any(path == f or (f.endswith(".") and path.startswith(f)) for f in DECODE_TIME_FIELDS):
+            _set_path(config, path, value)
+        elif json.loads(json.dumps(stored_value, default=str)) != json.loads(json.dumps(value, default=str)):
+            raise UserError(
+                f"--config.{path}: got {value!r}, but the run in {workdir!r} was trained with {stored_value!r}; "
+                "eval/translate may only change decode-time settings (decode.*, data.eval_*, data.test_*, "
+                "data.data_dir, compute_dtype, parallel): train a new model in a new --workdir to change it")
+    return config
+
+
+def _get_path(config: ml_collections.ConfigDict, path: str) -> Any:
+    node = config
+    for part in path.split("."):
+        node = node[part] if part in node else None
+        if node is None:
+            return None
+    return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+
+
+def _set_path(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value

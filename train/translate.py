@@ -17,10 +17,11 @@ import os
 import sys
 
 import jax
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from train import cli, sharding, train_lib
+from train import cli, run_config, sharding, train_lib
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "transformer.py")
 
@@ -47,9 +48,19 @@ def _summary_line(summary: dict, split: str) -> str:
             f"wall time {summary.get('wall_time', 0.0):.0f}s | workdir {summary['workdir']}")
 
 
+def _mode_config() -> ml_collections.ConfigDict:
+    """Training reads `--config`; every other mode reads the run's own config from `--workdir`."""
+    if _MODE.value == "train":
+        return _CONFIG.value
+    config_flag = flags.FLAGS["config"]
+    return run_config.trained_run_config(
+        _WORKDIR.value, config_flags.get_override_values(config_flag),
+        _CONFIG.value if config_flag.present else None)
+
+
 def _run() -> int:
-    config = _CONFIG.value
     workdir = _WORKDIR.value
+    config = _mode_config()
     if config.distributed.coordinator_address:
         if jax.config.jax_platforms in (None, "", "cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
