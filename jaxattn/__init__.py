@@ -3,20 +3,37 @@
 Pure-function attention primitives (this package's top level) composed into
 thin Flax Linen modules (`jaxattn.models`) and decoded by `jaxattn.decoding`.
 
-Axis alphabet, used in every einsum string, shape comment, docstring and error:
+Axis alphabet, used in every einsum string, shape comment, docstring, error
+and jaxtyping annotation (`query: Float[Array, "B T N H"]`):
 
-| letter | axis                                             |
-|--------|--------------------------------------------------|
-| B      | batch                                            |
-| T      | query / target length (decoder steps)            |
-| S      | key / source length (encoder steps)              |
-| N      | query heads                                      |
-| K      | key/value heads (K < N: grouped-query)           |
-| G      | query heads per kv head (N = K * G)              |
-| H      | head dimension                                   |
-| D      | model (embedding) dimension                      |
-| F      | feed-forward hidden dimension                    |
-| V      | vocabulary                                       |
+| letter | axis                                                              |
+|--------|-------------------------------------------------------------------|
+| B      | batch                                                             |
+| T      | query / target length (decoder steps)                             |
+| S      | key / source length (encoder steps)                               |
+| L      | a maximum length: kv-cache capacity (decoding steps), the longest |
+|        | source of Luong's location score                                  |
+| N      | query heads                                                       |
+| K      | key/value heads (K < N: grouped-query)                            |
+| G      | query heads per kv head (N = K * G)                               |
+| H      | head dimension                                                    |
+| D      | model (embedding) dimension                                       |
+| O      | multi-head attention output width (`out_features`, default D)     |
+| F      | feed-forward hidden dimension                                     |
+| V      | vocabulary                                                        |
+| Q      | RNN attention query width (decoder state)                         |
+| C      | key input width: encoder annotations h_j as RNN attention keys,   |
+|        | multi-head `inputs_kv` (C = D in self-attention)                  |
+| U      | RNN attention value width, hence context width (U = C when the    |
+|        | values are the annotations, as usual)                             |
+| A      | additive attention hidden width (v: [A], w_query: [Q, A],         |
+|        | w_key: [C, A])                                                    |
+
+In annotations, `#X` is an axis of size X or 1 (broadcast) and a literal `1`
+is a size-1 axis; masks and biases may also omit leading axes. Other
+names in shape comments are local sizes defined where they are used (the
+chunked kernel's block sizes `qc`, `kc`, block counts `nq`, `nk` and padded
+lengths `Tp`, `Sp`).
 
 Attention inputs are laid out `[B, T, N, H]` (as `jax.nn.dot_product_attention`
 and Flax). Masks are boolean, `True` = may attend, broadcastable to `[B, N, T, S]`.

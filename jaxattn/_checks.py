@@ -50,6 +50,16 @@ def check_bool(x, name: str) -> None:
             f"{dtype} with shape {fmt(jnp.shape(x))}")
 
 
+def check_float(x, name: str) -> None:
+    """Rejects non-floating queries, keys and values (int32 attention silently
+    rounds its weights to 0 or 1)."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{name}: expected a floating dtype (float32, bfloat16, ...), got dtype "
+            f"{dtype} with shape {fmt(jnp.shape(x))}")
+
+
 def check_int(x, name: str) -> None:
     """Rejects non-integer token ids, lengths and segment ids."""
     dtype = jnp.result_type(x)
@@ -77,22 +87,28 @@ def to_rank(x, ndim: int):
     return jnp.reshape(x, (1,) * (ndim - jnp.ndim(x)) + tuple(jnp.shape(x)))
 
 
-def check_qkv(query, key, value, mask=None, bias=None) -> tuple[int, int, int, int, int, int]:
-    """Validates [B, T, N, H] query, [B, S, K, H] key/value (K divides N, one dtype), mask, bias.
+def check_qkv(query, key, value, mask=None, bias=None,
+              names: Sequence[str] = ("query", "key", "value"),
+              ) -> tuple[int, int, int, int, int, int]:
+    """Validates [B, T, N, H] query, [B, S, K, H] key/value (K divides N, one
+    floating dtype), mask, bias; errors use the caller's `names` for q, k, v.
 
     Returns:
       (B, T, N, H, S, K).
     """
-    b, t, n, h = check_rank(query, "query", "BTNH")
-    _, s, k, _ = check_shape(key, "key", (b, None, None, h), "BSKH")
-    check_shape(value, "value", key.shape, "BSKH")
+    q_name, k_name, v_name = names
+    b, t, n, h = check_rank(query, q_name, "BTNH")
+    _, s, k, _ = check_shape(key, k_name, (b, None, None, h), "BSKH")
+    check_shape(value, v_name, key.shape, "BSKH")
     if k == 0 or n % k:
         raise ValueError(
-            f"key: expected a number of kv heads K dividing the query heads "
+            f"{k_name}: expected a number of kv heads K dividing the query heads "
             f"N={n}, got shape {fmt(key.shape)}")
+    for x, name in zip((query, key, value), names):
+        check_float(x, name)
     if len({jnp.result_type(x) for x in (query, key, value)}) != 1:
         raise ValueError(
-            f"query, key, value: expected one dtype, got {jnp.result_type(query)}, "
+            f"{', '.join(names)}: expected one dtype, got {jnp.result_type(query)}, "
             f"{jnp.result_type(key)}, {jnp.result_type(value)}")
     if mask is not None:
         check_bool(mask, "mask")

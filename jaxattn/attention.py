@@ -12,6 +12,13 @@ dispatches to `jax.nn.dot_product_attention` when weights are not needed (XLA
 on CPU/TPU, cuDNN flash attention on NVIDIA GPUs for bf16/f16) or to the
 memory-efficient `chunked_dot_product_attention`. All agree on fully masked
 query rows: their output is exactly zero.
+
+Masked positions are inert in every implementation, even when they hold NaN or
+Inf: a weight of exactly 0 is not enough (0 * NaN = NaN in the weighted sum and
+in the gradients dQ = dS K, dK = dS^T Q), so when a mask is given the query
+rows that see no key and the key/value positions that no query sees are
+replaced by zeros first. A position that some query may see is an input of
+that query's row and is used as it is.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from jaxattn import _checks
 from jaxattn.chunked import chunked_dot_product_attention
@@ -38,84 +46,133 @@ __all__ = [
 IMPLEMENTATIONS = (None, "reference", "xla", "cudnn", "chunked")
 
 
-def weighted_context(weights, values):
+def weighted_context(weights: Float[Array, "B T S"],
+                     values: Float[Array, "B S U"]) -> Float[Array, "B T U"]:
     """Context vectors c_t = sum_s alpha_ts v_s (Bahdanau eq. 5).
 
     Args:
       weights: [B, T, S] attention weights.
-      values: [B, S, Dv] values (encoder annotations).
+      values: [B, S, U] values (encoder annotations).
 
     Returns:
-      [B, T, Dv] context vectors.
+      [B, T, U] context vectors.
     """
     b, t, s = _checks.check_rank(weights, "weights", "BTS")
-    _checks.check_shape(values, "values", (b, s, None), ["B", "S", "Dv"])
-    return jnp.einsum("BTS,BSV->BTV", weights, values)  # [B, T, Dv]
+    _checks.check_shape(values, "values", (b, s, None), "BSU")
+    return jnp.einsum("BTS,BSU->BTU", weights, values)  # [B, T, U]
 
 
-def _rnn_mask(mask, b: int, t: int, s: int):
-    """[B, S] or [B, T, S] bool mask -> [B, 1 or T, S]."""
+def _rnn_inputs(query, keys, values, mask):
+    """Checks RNN attention inputs; returns them with the rows and positions the
+    mask hides from everything zeroed (see the module docstring), and the mask
+    as [B, 1 or T, S] (or None).
+
+    query [B, T, Q], keys [B, S, C], values [B, S, U], mask [B, S] or [B, T, S].
+    """
+    b, t, _ = _checks.check_rank(query, "query", "BTQ")
+    _, s, _ = _checks.check_shape(keys, "keys", (b, None, None), "BSC")
+    _checks.check_shape(values, "values", (b, s, None), "BSU")
+    for x, name in ((query, "query"), (keys, "keys"), (values, "values")):
+        _checks.check_float(x, name)
     if mask is None:
-        return None
+        return query, keys, values, None
     _checks.check_bool(mask, "mask")
     if jnp.ndim(mask) == 2:
         _checks.check_shape(mask, "mask", (b, s), "BS")
-        return mask[:, None, :]  # [B, 1, S]
-    _checks.check_shape(mask, "mask", (b, t, s), "BTS")
-    return mask
+        mask = mask[:, None, :]  # [B, 1, S]
+    else:
+        _checks.check_shape(mask, "mask", (b, t, s), "BTS")
+    row_seen = jnp.any(mask, axis=2)[..., None]  # [B, 1 or T, 1]
+    key_seen = jnp.any(mask, axis=1)[..., None]  # [B, S, 1]
+    query = jnp.where(row_seen, query, jnp.zeros((), query.dtype))  # [B, T, Q]
+    keys = jnp.where(key_seen, keys, jnp.zeros((), keys.dtype))  # [B, S, C]
+    values = jnp.where(key_seen, values, jnp.zeros((), values.dtype))  # [B, S, U]
+    return query, keys, values, mask
 
 
-def _attend(energies, values, mask):
-    b, t, s = energies.shape
-    weights = masked_softmax(energies, _rnn_mask(mask, b, t, s))  # [B, T, S]
-    return weighted_context(weights, values), weights
-
-
-def additive_attention(query, keys, values, v, w_query=None, w_key=None, mask=None):
+def additive_attention(
+        query: Float[Array, "B T Q"],
+        keys: Float[Array, "B S C"],
+        values: Float[Array, "B S U"],
+        v: Float[Array, "A"],
+        w_query: Float[Array, "Q A"] | None = None,
+        w_key: Float[Array, "C A"] | None = None,
+        mask: Bool[Array, "B S"] | Bool[Array, "B T S"] | None = None,
+) -> tuple[Float[Array, "B T U"], Float[Array, "B T S"]]:
     """Bahdanau attention: additive energies, masked softmax, weighted sum.
 
     Args:
-      query: [B, T, Dq] decoder states s_{i-1}.
-      keys: [B, S, Dk] encoder annotations h_j (or [B, S, A] already
+      query: [B, T, Q] decoder states s_{i-1} (or [B, T, A] already
+        projected by `w_query`, then pass `w_query=None`).
+      keys: [B, S, C] encoder annotations h_j (or [B, S, A] already
         projected by `w_key`, then pass `w_key=None`).
-      values: [B, S, Dv] what is averaged (usually the annotations h_j).
+      values: [B, S, U] what is averaged (usually the annotations h_j).
       v: [A] energy output vector.
-      w_query: [Dq, A] or None (query already projected).
-      w_key: [Dk, A] or None (keys already projected).
+      w_query: [Q, A] or None (query already projected).
+      w_key: [C, A] or None (keys already projected).
       mask: [B, S] or [B, T, S] bool, True = may attend; or None.
 
     Returns:
-      (context [B, T, Dv], weights [B, T, S]).
+      (context [B, T, U], weights [B, T, S]).
     """
+    query, keys, values, mask = _rnn_inputs(query, keys, values, mask)
     energies = additive_score(query, keys, v, w_query, w_key)  # [B, T, S]
-    _checks.check_shape(values, "values", (keys.shape[0], keys.shape[1], None),
-                        ["B", "S", "Dv"])
-    return _attend(energies, values, mask)
+    weights = masked_softmax(energies, mask)  # [B, T, S]
+    return weighted_context(weights, values), weights  # [B, T, U]
 
 
-def luong_attention(query, keys, values, score_fn=dot_score, mask=None):
+def luong_attention(
+        query: Float[Array, "B T Q"],
+        keys: Float[Array, "B S C"],
+        values: Float[Array, "B S U"],
+        score_fn=dot_score,
+        mask: Bool[Array, "B S"] | Bool[Array, "B T S"] | None = None,
+) -> tuple[Float[Array, "B T U"], Float[Array, "B T S"]]:
     """Luong global attention with any energy function (eq. 7-8).
 
     Args:
-      query: [B, T, Dq] decoder states h_t.
-      keys: [B, S, Dk] encoder states h_s.
-      values: [B, S, Dv] what is averaged (usually the encoder states).
+      query: [B, T, Q] decoder states h_t.
+      keys: [B, S, C] encoder states h_s.
+      values: [B, S, U] what is averaged (usually the encoder states).
       score_fn: `(query, keys) -> [B, T, S]`, e.g. `dot_score` or
         `functools.partial(general_score, w=w)`; see `LUONG_SCORES`.
       mask: [B, S] or [B, T, S] bool, True = may attend; or None.
 
     Returns:
-      (context [B, T, Dv], weights [B, T, S]).
+      (context [B, T, U], weights [B, T, S]).
     """
-    b, t, _ = _checks.check_rank(query, "query", ["B", "T", "Dq"])
-    _, s, _ = _checks.check_shape(keys, "keys", (b, None, None), ["B", "S", "Dk"])
-    _checks.check_shape(values, "values", (b, s, None), ["B", "S", "Dv"])
+    query, keys, values, mask = _rnn_inputs(query, keys, values, mask)
+    b, t, _ = query.shape
+    s = keys.shape[1]
     energies = score_fn(query, keys)
     _checks.check_shape(energies, "score_fn(query, keys)", (b, t, s), "BTS")
-    return _attend(energies, values, mask)
+    weights = masked_softmax(energies, mask)  # [B, T, S]
+    return weighted_context(weights, values), weights  # [B, T, U]
 
 
-def _reference(query, key, value, mask, bias, scale, dropout_rate, dropout_rng):
+def _hide_unseen(query, key, value, mask):
+    """Zeros the query rows that see no key and the key/value positions that no
+    query sees (their weights are exactly 0; this keeps 0 * NaN out).
+
+    query [B, T, N, H], key/value [B, S, K, H], mask [B|1, N|1, T|1, S|1]:
+    a kv head counts as seen when any of its G query heads sees it.
+    """
+    n, k = query.shape[2], key.shape[2]
+    row_seen = jnp.any(mask, axis=3)  # [B|1, N|1, T|1]
+    row_seen = jnp.swapaxes(row_seen, 1, 2)[..., None]  # [B|1, T|1, N|1, 1]
+    if mask.shape[1] == n and k < n:  # per-head mask, grouped kv heads
+        grouped = mask.reshape(mask.shape[0], k, n // k, *mask.shape[2:])  # [B|1, K, G, T|1, S|1]
+        key_seen = jnp.any(grouped, axis=(2, 3))  # [B|1, K, S|1]
+    else:
+        key_seen = jnp.any(mask, axis=2)  # [B|1, K|1, S|1]
+    key_seen = jnp.swapaxes(key_seen, 1, 2)[..., None]  # [B|1, S|1, K|1, 1]
+    zero = jnp.zeros((), query.dtype)
+    return (jnp.where(row_seen, query, zero),  # [B, T, N, H]
+            jnp.where(key_seen, key, zero),  # [B, S, K, H]
+            jnp.where(key_seen, value, zero))  # [B, S, K, H]
+
+
+def _reference(query, key, value, mask, bias, scale, dropout, dropout_rate, dropout_rng):
     b, t, n, h = query.shape
     s, k = key.shape[1], key.shape[2]
     logits = scaled_dot_product_score(query, key, scale)  # [B, N, T, S]
@@ -123,7 +180,7 @@ def _reference(query, key, value, mask, bias, scale, dropout_rate, dropout_rng):
         logits = logits + _checks.to_rank(bias, 4).astype(logits.dtype)
     weights = masked_softmax(logits, mask)  # [B, N, T, S] float32
     applied = weights
-    if dropout_rate > 0.0:
+    if dropout:  # static: the rate itself may be traced
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         applied = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     applied = applied.astype(value.dtype).reshape(b, k, n // k, t, s)  # [B, K, G, T, S]
@@ -156,6 +213,8 @@ def _einsum_attention(query, key, value, mask, bias, scale: float):
 # On CPU, jax.nn.dot_product_attention's forward is the fastest we measured
 # but its autodiff backward is ~10% slower than that of plain einsums
 # (benchmarks/attention.py): take the forward from one, the VJP from the other.
+# Measured on CPU only, so `_fused` uses it on CPU only; elsewhere jax.nn is
+# differentiated as it is.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _xla_float32(scale, query, key, value, mask, bias):
     return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
@@ -177,19 +236,28 @@ def _xla_float32_bwd(scale, vjp, d_out):
 _xla_float32.defvjp(_xla_float32_fwd, _xla_float32_bwd)
 
 
+def _platform(x) -> str:
+    """Where `x` lives ("cpu", "gpu", "tpu"); under a trace, the default backend
+    (what `jax.jit` compiles for unless told otherwise)."""
+    try:
+        return next(iter(x.devices())).platform
+    except (AttributeError, jax.errors.ConcretizationTypeError):
+        return jax.default_backend()
+
+
 def _fused(query, key, value, mask, bias, scale, implementation):
     """jax.nn.dot_product_attention, with fully masked rows set to zero."""
+    platform = _platform(query)
     if implementation is None:
         implementation = "xla"
-        if (jax.default_backend() == "gpu"
-                and query.dtype in (jnp.bfloat16, jnp.float16)):
+        if platform == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
             try:  # cuDNN rejects unsupported shapes at trace time
                 return _fused(query, key, value, mask, bias, scale, "cudnn")
             except (ValueError, NotImplementedError, RuntimeError):
                 pass
     mask4 = None if mask is None else _checks.to_rank(mask, 4)  # [B|1, N|1, T|1, S|1]
     bias4 = None if bias is None else _checks.to_rank(bias, 4)
-    if (implementation == "xla" and query.dtype == jnp.float32
+    if (implementation == "xla" and platform == "cpu" and query.dtype == jnp.float32
             and (scale is None or isinstance(scale, (int, float)))):
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
         out = _xla_float32(scale, query, key, value, mask4, bias4)  # [B, T, N, H]
@@ -205,18 +273,40 @@ def _fused(query, key, value, mask, bias, scale, implementation):
     return jnp.where(visible, out, jnp.zeros((), out.dtype))  # [B, T, N, H]
 
 
-def dot_product_attention(query, key, value, mask=None, bias=None, *, scale=None,
-                          return_weights=False, implementation=None,
-                          dropout_rate=0.0, dropout_rng=None):
+def _static_rate(dropout_rate):
+    """The rate as a Python float, or None when it is traced (known at run time only)."""
+    try:
+        return float(dropout_rate)
+    except jax.errors.ConcretizationTypeError:
+        return None
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"dropout_rate: expected a float or a scalar array, got "
+            f"{type(dropout_rate).__name__} {dropout_rate!r}") from None
+
+
+def dot_product_attention(
+        query: Float[Array, "B T N H"],
+        key: Float[Array, "B S K H"],
+        value: Float[Array, "B S K H"],
+        mask: Bool[Array, "#B #N #T #S"] | None = None,
+        bias: Float[Array, "#B #N #T #S"] | None = None, *,
+        scale: float | None = None,
+        return_weights: bool = False,
+        implementation: str | None = None,
+        dropout_rate: float | Float[ArrayLike, ""] = 0.0,
+        dropout_rng: PRNGKeyArray | None = None,
+) -> Float[Array, "B T N H"] | tuple[Float[Array, "B T N H"], Float[Array, "B N T S"]]:
     """Scaled dot-product attention, softmax(Q K^T * scale + bias) V (Vaswani eq. 1).
 
     Args:
-      query: [B, T, N, H] queries.
+      query: [B, T, N, H] queries (a floating dtype, as key and value).
       key: [B, S, K, H] keys; K divides N (K < N: grouped-query, K = 1:
         multi-query); query head n reads kv head n // (N / K).
       value: [B, S, K, H] values.
-      mask: bool broadcastable to [B, N, T, S] (True = may attend), or None.
-        A query row with no visible key gets a zero output.
+      mask: bool broadcastable to [B, N, T, S] (True = may attend; leading
+        axes may be omitted), or None. A query row with no visible key gets a
+        zero output. Hidden positions may hold anything, NaN included.
       bias: float broadcastable to [B, N, T, S] added to the energies, or
         None. Use `mask`, not -inf biases, to hide keys.
       scale: energy multiplier, default 1/sqrt(H).
@@ -227,34 +317,47 @@ def dot_product_attention(query, key, value, mask=None, bias=None, *, scale=None
         bf16/f16 when it accepts the shapes, XLA otherwise), "reference",
         "xla", "cudnn" or "chunked" (`chunked_dot_product_attention`,
         O(T + S) memory; no bias).
-      dropout_rate: attention-weight dropout rate (reference path only).
-      dropout_rng: PRNG key, required when dropout_rate > 0.
+      dropout_rate: attention-weight dropout rate (reference path only). A
+        Python float, or a scalar array that may be traced under `jax.jit`
+        (then it is not range-checked, needs `dropout_rng`, and selects the
+        reference path even when it turns out to be 0).
+      dropout_rng: PRNG key, required when dropout_rate > 0 or traced.
 
     Returns:
       [B, T, N, H] outputs in the query dtype, or (outputs, weights
-      [B, N, T, S]) if `return_weights`.
+      [B, N, T, S]) if `return_weights`. T = 0 or S = 0 give empty or zero
+      outputs (and zero weights).
     """
     _checks.check_qkv(query, key, value, mask, bias)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate: expected 0 <= rate < 1, got {dropout_rate}")
-    if dropout_rate > 0.0 and dropout_rng is None:
-        raise ValueError("dropout_rng: expected a PRNG key when dropout_rate > 0, got None")
-    needs_reference = return_weights or dropout_rate > 0.0
+    if jnp.ndim(dropout_rate) != 0:
+        raise ValueError(
+            f"dropout_rate: expected a scalar, got shape {_checks.fmt(jnp.shape(dropout_rate))}")
+    rate = _static_rate(dropout_rate)
+    if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout_rate: expected 0 <= rate < 1, got {rate}")
+    dropout = rate is None or rate > 0.0
+    if dropout and dropout_rng is None:
+        got = "a traced rate" if rate is None else f"dropout_rate={rate}"
+        raise ValueError(f"dropout_rng: expected a PRNG key with {got}, got None")
+    needs_reference = return_weights or dropout
     if needs_reference and implementation not in (None, "reference"):
         raise ValueError(
             f"implementation: {implementation!r} cannot return weights or apply "
             f"dropout; expected None or 'reference'")
-    if needs_reference or implementation == "reference":
-        out, weights = _reference(query, key, value, mask, bias, scale,
-                                  dropout_rate, dropout_rng)
-        return (out, weights) if return_weights else out
     if implementation == "chunked":
         if bias is not None:
             raise ValueError(
                 f"bias: the chunked implementation takes no bias, got shape "
                 f"{_checks.fmt(jnp.shape(bias))}; expected None")
         return chunked_dot_product_attention(query, key, value, mask=mask, scale=scale)
+    if mask is not None:
+        mask = _checks.to_rank(mask, 4)  # [B|1, N|1, T|1, S|1]
+        query, key, value = _hide_unseen(query, key, value, mask)
+    if needs_reference or implementation == "reference":
+        out, weights = _reference(query, key, value, mask, bias, scale, dropout,
+                                  dropout_rate, dropout_rng)
+        return (out, weights) if return_weights else out
     return _fused(query, key, value, mask, bias, scale, implementation)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from jaxattn import _checks
 from jaxattn.attention import dot_product_attention
@@ -18,7 +19,7 @@ __all__ = ["init_kv_cache", "update_kv_cache", "cached_attention"]
 
 
 def init_kv_cache(batch: int, max_len: int, num_kv_heads: int, head_dim: int,
-                  dtype=jnp.float32):
+                  dtype=jnp.float32) -> dict[str, Float[Array, "B L K H"]]:
     """An empty (all-zero) cache.
 
     Args:
@@ -55,7 +56,10 @@ def _check_index(index):
             f"with shape {_checks.fmt(jnp.shape(index))}")
 
 
-def update_kv_cache(cache, key_step, value_step, index):
+def update_kv_cache(cache: dict[str, Float[Array, "B L K H"]],
+                    key_step: Float[Array, "B 1 K H"],
+                    value_step: Float[Array, "B 1 K H"],
+                    index: Int[ArrayLike, ""]) -> dict[str, Float[Array, "B L K H"]]:
     """Writes one step of keys/values at position `index`.
 
     Args:
@@ -81,8 +85,12 @@ def update_kv_cache(cache, key_step, value_step, index):
     }
 
 
-def cached_attention(query_step, cache, index, key_valid=None, *, scale=None,
-                     implementation=None):
+def cached_attention(query_step: Float[Array, "B 1 N H"],
+                     cache: dict[str, Float[Array, "B L K H"]],
+                     index: Int[ArrayLike, ""],
+                     key_valid: Bool[Array, "B L"] | None = None, *,
+                     scale: float | None = None,
+                     implementation: str | None = None) -> Float[Array, "B 1 N H"]:
     """Attends one query step over cache positions 0..index.
 
     Args:
@@ -100,6 +108,8 @@ def cached_attention(query_step, cache, index, key_valid=None, *, scale=None,
     """
     b, length, _, h = _check_cache(cache)
     _checks.check_shape(query_step, "query_step", (b, 1, None, h), "B1NH")
+    _checks.check_qkv(query_step, cache["key"], cache["value"],
+                      names=("query_step", "cache['key']", "cache['value']"))
     _check_index(index)
     mask = jnp.arange(length)[None, :] <= index  # [1, L]
     if key_valid is not None:

@@ -18,6 +18,11 @@ for dS = P * (dP - rowsum(dO * O))), so peak memory is O(T + S) plus one
 [qc, kc] block per head, never [T, S]. Lengths need not divide the chunk
 sizes (inputs are padded; padded keys are masked out). A query row with no
 visible key gives zero output and zero gradient, as in the dense path.
+
+Hidden positions are inert even when they hold NaN/Inf: a masked logit is
+selected away, and within each block the query rows that see no key and the
+keys/values that no query sees are replaced by zeros before the products
+(0 * NaN would otherwise reach the visible rows through P V, dS K and dS^T Q).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
 
 from jaxattn import _checks
 
@@ -42,11 +48,18 @@ def _pad_axis(x, axis: int, size: int, value):
     return jnp.pad(x, widths, constant_values=value)
 
 
-def chunked_dot_product_attention(query, key, value, mask=None, *, causal=False,
-                                  key_valid=None, query_segment_ids=None,
-                                  key_segment_ids=None, scale=None,
-                                  query_chunk_size: int = 512,
-                                  key_chunk_size: int = 512):
+def chunked_dot_product_attention(
+        query: Float[Array, "B T N H"],
+        key: Float[Array, "B S K H"],
+        value: Float[Array, "B S K H"],
+        mask: Bool[Array, "#B #N #T #S"] | None = None, *,
+        causal: bool = False,
+        key_valid: Bool[Array, "B S"] | None = None,
+        query_segment_ids: Int[Array, "B T"] | None = None,
+        key_segment_ids: Int[Array, "B S"] | None = None,
+        scale: float | None = None,
+        query_chunk_size: int = 512,
+        key_chunk_size: int = 512) -> Float[Array, "B T N H"]:
     """softmax(Q K^T * scale) V in O(T + S) memory (Rabe & Staats; FlashAttention).
 
     The structured masks (`causal`, `key_valid`, segment ids) are built per
@@ -58,7 +71,8 @@ def chunked_dot_product_attention(query, key, value, mask=None, *, causal=False,
       query: [B, T, N, H] queries.
       key: [B, S, K, H] keys; K divides N (grouped-query when K < N).
       value: [B, S, K, H] values.
-      mask: bool broadcastable to [B, N, T, S] (True = may attend), or None.
+      mask: bool broadcastable to [B, N, T, S] (True = may attend; leading
+        axes may be omitted), or None.
       causal: query t sees keys s <= t + (S - T) (as `causal_mask(T, S)`).
       key_valid: [B, S] bool, False for padding keys, or None.
       query_segment_ids: [B, T] int packed-segment ids (0 = pad), or None;
@@ -69,7 +83,8 @@ def chunked_dot_product_attention(query, key, value, mask=None, *, causal=False,
       key_chunk_size: keys per block (clipped to S).
 
     Returns:
-      [B, T, N, H] in the query dtype.
+      [B, T, N, H] in the query dtype; zeros where a query sees no key (S = 0
+      included), and an empty array when T = 0.
     """
     b, t, n, h, s, k = _checks.check_qkv(query, key, value, mask)
     for name, size in (("query_chunk_size", query_chunk_size),
@@ -89,6 +104,9 @@ def chunked_dot_product_attention(query, key, value, mask=None, *, causal=False,
         _checks.check_int(query_segment_ids, "query_segment_ids")
         _checks.check_shape(key_segment_ids, "key_segment_ids", (b, s), "BS")
         _checks.check_int(key_segment_ids, "key_segment_ids")
+
+    if t == 0 or s == 0:  # no query, or nothing to attend: zero rows, zero grads
+        return jnp.zeros((b, t, n, h), query.dtype)  # [B, T, N, H]
 
     qc, kc = min(query_chunk_size, t), min(key_chunk_size, s)
     nq, nk = -(-t // qc), -(-s // kc)
@@ -116,7 +134,10 @@ def chunked_dot_product_attention(query, key, value, mask=None, *, causal=False,
         if dense.shape[4] > 1:
             dense = _pad_axis(dense, 4, nk * kc, False)
 
-    config = _Config(t=t, s=s, qc=qc, kc=kc, nq=nq, nk=nk, causal=bool(causal))
+    masked = (mask is not None or key_valid is not None or segments is not None
+              or bool(causal))
+    config = _Config(t=t, s=s, qc=qc, kc=kc, nq=nq, nk=nk, causal=bool(causal),
+                     masked=masked)
     out = _attention(config, jnp.asarray(scale, jnp.float32), q, kk, vv,
                      kv_valid, segments, dense)  # [B, Tp, K, G, H]
     return out[:, :t].reshape(b, t, n, h)  # [B, T, N, H]
@@ -133,6 +154,7 @@ class _Config:
     nq: int  # query chunks, nq * qc >= T
     nk: int  # key chunks, nk * kc >= S
     causal: bool
+    masked: bool  # some mask is given: zero the hidden rows of each block
 
 
 def _block_mask(c: _Config, i, j, kv_valid, segments, dense):
@@ -156,6 +178,31 @@ def _block_mask(c: _Config, i, j, kv_valid, segments, dense):
             block = jax.lax.dynamic_slice_in_dim(block, j * c.kc, c.kc, axis=4)
         visible = visible & block  # [B|1, K|1, G|1, qc, kc]
     return visible
+
+
+def _hide(visible, q_i, k_j, v_j):
+    """Zeros the query rows of a block that see no key of it and the keys and
+    values that no query of it sees: their weights are exactly 0 already, and
+    this keeps 0 * NaN out of the products (visible entries are untouched).
+
+    q_i [B, qc, K, G, H] -> (q_i, k_j [B, kc, K, H], v_j [B, kc, K, H]).
+    """
+    zero = jnp.zeros((), q_i.dtype)
+    return (jnp.where(_seen_rows(visible), q_i, zero),
+            jnp.where(_seen_keys(visible), k_j, zero),
+            jnp.where(_seen_keys(visible), v_j, zero))
+
+
+def _seen_rows(visible):
+    """[B|1, K|1, G|1, qc|1, kc] -> [B|1, qc|1, K|1, G|1, 1]: the row sees some key."""
+    rows = jnp.any(visible, axis=4)  # [B|1, K|1, G|1, qc|1]
+    return jnp.moveaxis(rows, 3, 1)[..., None]  # [B|1, qc|1, K|1, G|1, 1]
+
+
+def _seen_keys(visible):
+    """[B|1, K|1, G|1, qc|1, kc] -> [B|1, kc, K|1, 1]: some row sees the key."""
+    cols = jnp.any(visible, axis=(2, 3))  # [B|1, K|1, kc]
+    return jnp.swapaxes(cols, 1, 2)[..., None]  # [B|1, kc, K|1, 1]
 
 
 def _block_needed(c: _Config, i, j):
@@ -185,15 +232,18 @@ def _forward(c: _Config, scale, q, k, v, kv_valid, segments, dense):
 
             def update(carry):
                 acc, m, l = carry
-                logits = _logits(q_i, k_j, scale)  # [B, K, G, qc, kc]
                 visible = _block_mask(c, i, j, kv_valid, segments, dense)
-                logits = jnp.where(visible, logits, -jnp.inf)
+                logits = _logits(q_i, k_j, scale)  # [B, K, G, qc, kc]
+                logits = jnp.where(visible, logits, -jnp.inf)  # NaN-safe select
                 m_new = jnp.maximum(m, jnp.max(logits, axis=-1))  # [B, K, G, qc]
                 m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
                 p = jnp.exp(logits - m_safe[..., None])  # [B, K, G, qc, kc]
                 correction = jnp.exp(m - m_safe)  # [B, K, G, qc]; m = -inf -> 0
                 l = l * correction + jnp.sum(p, axis=-1)
-                pv = jnp.einsum("BKGTS,BSKH->BKGTH", p.astype(v_j.dtype), v_j,
+                v_seen = v_j
+                if c.masked:  # the masked logits are gone; 0 * NaN values are not
+                    v_seen = jnp.where(_seen_keys(visible), v_j, jnp.zeros((), v_j.dtype))
+                pv = jnp.einsum("BKGTS,BSKH->BKGTH", p.astype(v_j.dtype), v_seen,
                                 preferred_element_type=jnp.float32)  # [B, K, G, qc, H]
                 return acc * correction[..., None] + pv, m_new, l
 
@@ -242,17 +292,18 @@ def _backward(c: _Config, scale, q, k, v, kv_valid, segments, dense, out, lse, d
 
             def grads(carry):
                 dk_j, dv_j = carry
-                logits = _logits(q_i, k_j, scale)  # [B, K, G, qc, kc]
                 visible = _block_mask(c, i, j, kv_valid, segments, dense)
+                q_b, k_b, v_b = _hide(visible, q_i, k_j, v_j) if c.masked else (q_i, k_j, v_j)
+                logits = _logits(q_b, k_b, scale)  # [B, K, G, qc, kc]
                 p = jnp.where(visible, jnp.exp(logits - lse_i[..., None]), 0.0)  # [B, K, G, qc, kc]
                 dv_j = dv_j + jnp.einsum("BKGTS,BTKGH->BSKH", p, do_i,
                                          preferred_element_type=f32)  # [B, kc, K, H]
-                dp = jnp.einsum("BTKGH,BSKH->BKGTS", do_i, v_j,
+                dp = jnp.einsum("BTKGH,BSKH->BKGTS", do_i, v_b,
                                 preferred_element_type=f32)  # [B, K, G, qc, kc]
                 ds = p * (dp - delta_i[..., None]) * scale  # [B, K, G, qc, kc]
-                dq_i = jnp.einsum("BKGTS,BSKH->BTKGH", ds, k_j,
+                dq_i = jnp.einsum("BKGTS,BSKH->BTKGH", ds, k_b,
                                   preferred_element_type=f32)  # [B, qc, K, G, H]
-                dk_j = dk_j + jnp.einsum("BKGTS,BTKGH->BSKH", ds, q_i,
+                dk_j = dk_j + jnp.einsum("BKGTS,BTKGH->BSKH", ds, q_b,
                                          preferred_element_type=f32)  # [B, kc, K, H]
                 return (dk_j, dv_j), dq_i
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Bool, Int
 
 from jaxattn import _checks
 
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-def padding_mask(tokens, pad_id: int = 0):
+def padding_mask(tokens: Int[Array, "B S"], pad_id: int = 0) -> Bool[Array, "B S"]:
     """Marks real tokens.
 
     Args:
@@ -39,7 +40,7 @@ def padding_mask(tokens, pad_id: int = 0):
     return tokens != pad_id  # [B, S]
 
 
-def lengths_to_mask(lengths, max_len: int):
+def lengths_to_mask(lengths: Int[Array, "B"], max_len: int) -> Bool[Array, "B S"]:
     """Marks the first `lengths[b]` positions of each row.
 
     Args:
@@ -57,7 +58,7 @@ def lengths_to_mask(lengths, max_len: int):
     return positions < lengths[:, None]  # [B, S]
 
 
-def key_padding_mask(key_valid):
+def key_padding_mask(key_valid: Bool[Array, "B S"]) -> Bool[Array, "B 1 1 S"]:
     """Lifts per-key validity to an attention mask (every query, every head).
 
     Args:
@@ -71,7 +72,8 @@ def key_padding_mask(key_valid):
     return key_valid[:, None, None, :]  # [B, 1, 1, S]
 
 
-def cross_attention_mask(query_valid, key_valid):
+def cross_attention_mask(query_valid: Bool[Array, "B T"],
+                         key_valid: Bool[Array, "B S"]) -> Bool[Array, "B 1 T S"]:
     """Mask for attention from queries to keys where both must be real tokens.
 
     Padded query rows come out fully masked, so their attention output is zero.
@@ -90,7 +92,7 @@ def cross_attention_mask(query_valid, key_valid):
     return query_valid[:, None, :, None] & key_valid[:, None, None, :]  # [B, 1, T, S]
 
 
-def causal_mask(T: int, S: int | None = None):
+def causal_mask(T: int, S: int | None = None) -> Bool[Array, "1 1 T S"]:
     """Lower-triangular mask: query t sees keys s <= t + (S - T).
 
     With S > T (queries are the last T of S positions, e.g. a decoder that
@@ -116,7 +118,8 @@ def causal_mask(T: int, S: int | None = None):
     return (s <= t)[None, None]  # [1, 1, T, S]
 
 
-def segment_mask(query_segments, key_segments):
+def segment_mask(query_segments: Int[Array, "B T"],
+                 key_segments: Int[Array, "B S"]) -> Bool[Array, "B 1 T S"]:
     """Block-diagonal mask for packed sequences.
 
     A query attends to keys of its own segment only. Segment id 0 marks padding
@@ -138,7 +141,7 @@ def segment_mask(query_segments, key_segments):
     return (q == k) & (q != 0)  # [B, 1, T, S]
 
 
-def combine_masks(*masks):
+def combine_masks(*masks: Bool[Array, "..."] | None) -> Bool[Array, "..."] | None:
     """Logical AND of masks; `None`s are skipped.
 
     Args:

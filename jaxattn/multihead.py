@@ -11,9 +11,11 @@ Ainslie et al. 2023). The parameter layout is that of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from jaxattn import _checks
 from jaxattn.attention import dot_product_attention
@@ -46,8 +48,8 @@ def init_multi_head_params(rng, features: int, num_heads: int, *, head_dim=None,
 
     Returns:
       {"query": {"kernel": [D, N, H], "bias": [N, H]},
-       "key": {"kernel": [Dkv, K, H], "bias": [K, H]}, "value": (same as key),
-       "out": {"kernel": [N, H, Dout], "bias": [Dout]}} (no biases if not
+       "key": {"kernel": [C, K, H], "bias": [K, H]}, "value": (same as key),
+       "out": {"kernel": [N, H, O], "bias": [O]}} (no biases if not
       `use_bias`).
     """
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -88,19 +90,22 @@ def init_multi_head_params(rng, features: int, num_heads: int, *, head_dim=None,
     }
 
 
-def project_heads(proj_params, x):
+def project_heads(proj_params: dict[str, Float[Array, "..."]], x: Float[Array, "B T D"],
+                  *, name: str = "x") -> Float[Array, "B T N H"]:
     """Projects and splits into heads: x W + b.
 
     Args:
       proj_params: {"kernel": [D, N, H], "bias": [N, H] (optional)}.
       x: [B, T, D] inputs.
+      name: what the caller calls `x`, for error messages.
 
     Returns:
       [B, T, N, H].
     """
     kernel = proj_params["kernel"]
     d, n, h = _checks.check_rank(kernel, "proj_params['kernel']", "DNH")
-    _checks.check_shape(x, "x", (None, None, d), "BTD")
+    _checks.check_shape(x, name, (None, None, d), "BTD")
+    _checks.check_float(x, name)
     y = jnp.einsum("BTD,DNH->BTNH", x, kernel)  # [B, T, N, H]
     if "bias" in proj_params:
         _checks.check_shape(proj_params["bias"], "proj_params['bias']", (n, h), "NH")
@@ -108,45 +113,61 @@ def project_heads(proj_params, x):
     return y
 
 
-def project_out(out_params, x):
+def project_out(out_params: dict[str, Float[Array, "..."]],
+                x: Float[Array, "B T N H"]) -> Float[Array, "B T O"]:
     """Concatenates heads and projects back to the model width: Concat(heads) W^O + b.
 
     Args:
-      out_params: {"kernel": [N, H, D], "bias": [D] (optional)}.
+      out_params: {"kernel": [N, H, O], "bias": [O] (optional)}.
       x: [B, T, N, H] per-head outputs.
 
     Returns:
-      [B, T, D].
+      [B, T, O] (O = D, the model width, unless `out_features` says otherwise).
     """
     kernel = out_params["kernel"]
-    n, h, d = _checks.check_rank(kernel, "out_params['kernel']", "NHD")
+    n, h, d = _checks.check_rank(kernel, "out_params['kernel']", "NHO")
     _checks.check_shape(x, "x", (None, None, n, h), "BTNH")
-    y = jnp.einsum("BTNH,NHD->BTD", x, kernel)  # [B, T, D]
+    y = jnp.einsum("BTNH,NHO->BTO", x, kernel)  # [B, T, O]
     if "bias" in out_params:
-        _checks.check_shape(out_params["bias"], "out_params['bias']", (d,), "D")
-        y = y + out_params["bias"][None, None]  # [B, T, D]
+        _checks.check_shape(out_params["bias"], "out_params['bias']", (d,), "O")
+        y = y + out_params["bias"][None, None]  # [B, T, O]
     return y
 
 
-def multi_head_attention(params, inputs_q, inputs_kv=None, mask=None, bias=None, *,
-                         return_weights=False, implementation=None,
-                         dropout_rate=0.0, dropout_rng=None):
+def multi_head_attention(
+        params: dict[str, dict[str, Float[Array, "..."]]],
+        inputs_q: Float[Array, "B T D"],
+        inputs_kv: Float[Array, "B S C"] | None = None,
+        mask: Bool[Array, "#B #N #T #S"] | None = None,
+        bias: Float[Array, "#B #N #T #S"] | None = None, *,
+        return_weights: bool = False,
+        implementation: str | None = None,
+        dropout_rate: float | Float[ArrayLike, ""] = 0.0,
+        dropout_rng: PRNGKeyArray | None = None,
+        process_heads: Callable[[Float[Array, "B T N H"], Float[Array, "B S K H"]],
+                                tuple[Float[Array, "B T N H"], Float[Array, "B S K H"]]]
+        | None = None,
+) -> Float[Array, "B T O"] | tuple[Float[Array, "B T O"], Float[Array, "B N T S"]]:
     """Multi-head (grouped-query when K < N) attention, Vaswani sec. 3.2.2.
 
     Args:
       params: from `init_multi_head_params` (or a Flax
         `MultiHeadDotProductAttention`'s "params").
       inputs_q: [B, T, D] query inputs.
-      inputs_kv: [B, S, Dkv] key/value inputs, or None for self-attention.
+      inputs_kv: [B, S, C] key/value inputs, or None for self-attention.
       mask: bool broadcastable to [B, N, T, S], True = may attend.
       bias: float broadcastable to [B, N, T, S] added to the energies.
       return_weights: also return the [B, N, T, S] weights.
       implementation: see `dot_product_attention`.
       dropout_rate: attention-weight dropout rate.
       dropout_rng: PRNG key, required when dropout_rate > 0.
+      process_heads: `(query [B, T, N, H], key [B, S, K, H]) -> (query, key)`
+        applied to the projected heads before the energies, with whatever it
+        needs (positions) bound in: rotary embeddings (Su et al. 2021) enter
+        here without touching attention. None = identity.
 
     Returns:
-      [B, T, Dout], or ([B, T, Dout], weights [B, N, T, S]) if `return_weights`.
+      [B, T, O], or ([B, T, O], weights [B, N, T, S]) if `return_weights`.
     """
     for name in ("query", "key", "value", "out"):
         if name not in params:
@@ -154,18 +175,21 @@ def multi_head_attention(params, inputs_q, inputs_kv=None, mask=None, bias=None,
                 f"params: expected keys ['query', 'key', 'value', 'out'], got "
                 f"{sorted(params)}")
     b, _, _ = _checks.check_rank(inputs_q, "inputs_q", "BTD")
+    kv_name = "inputs_q" if inputs_kv is None else "inputs_kv"
     if inputs_kv is None:
         inputs_kv = inputs_q
     else:
-        _checks.check_shape(inputs_kv, "inputs_kv", (b, None, None), ["B", "S", "Dkv"])
-    q = project_heads(params["query"], inputs_q)  # [B, T, N, H]
-    k = project_heads(params["key"], inputs_kv)  # [B, S, K, H]
-    v = project_heads(params["value"], inputs_kv)  # [B, S, K, H]
+        _checks.check_shape(inputs_kv, "inputs_kv", (b, None, None), "BSC")
+    q = project_heads(params["query"], inputs_q, name="inputs_q")  # [B, T, N, H]
+    k = project_heads(params["key"], inputs_kv, name=kv_name)  # [B, S, K, H]
+    v = project_heads(params["value"], inputs_kv, name=kv_name)  # [B, S, K, H]
+    if process_heads is not None:
+        q, k = process_heads(q, k)  # [B, T, N, H], [B, S, K, H]
     result = dot_product_attention(
         q, k, v, mask, bias, return_weights=return_weights,
         implementation=implementation, dropout_rate=dropout_rate,
         dropout_rng=dropout_rng)
     if return_weights:
         out, weights = result
-        return project_out(params["out"], out), weights  # [B, T, D]
-    return project_out(params["out"], result)  # [B, T, D]
+        return project_out(params["out"], out), weights  # [B, T, O]
+    return project_out(params["out"], result)  # [B, T, O]

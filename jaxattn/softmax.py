@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
 
 from jaxattn import _checks
 
 __all__ = ["masked_softmax"]
 
 
-def masked_softmax(logits, mask=None, axis: int = -1):
+def masked_softmax(logits: Float[Array, "... S"],
+                   mask: Bool[Array, "..."] | None = None,
+                   axis: int = -1) -> Float[Array, "... S"]:
     """Softmax over `axis` that gives masked positions exactly zero weight.
+
+    Masked logits may hold anything, NaN and Inf included: they are selected
+    away before the exponential, so neither the weights nor the gradient with
+    respect to the visible logits see them.
 
     Args:
       logits: [..., S] energies (any float dtype; typically [B, N, T, S] or
         [B, T, S]).
       mask: bool array broadcastable to `logits.shape` (True = may attend), or
         None. Must not have more axes than `logits`.
-      axis: the axis to normalise over (the key axis).
+      axis: the axis to normalise over (the key axis). An empty axis (S = 0:
+        nothing to attend) gives an empty result of the logits' shape.
 
     Returns:
       Weights with the shape and dtype of `logits`; rows sum to 1 where any
@@ -35,12 +43,20 @@ def masked_softmax(logits, mask=None, axis: int = -1):
         raise ValueError(
             f"logits: expected a floating dtype, got {dtype} with shape "
             f"{_checks.fmt(jnp.shape(logits))}")
+    ndim = jnp.ndim(logits)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis: expected an axis of logits with shape "
+            f"{_checks.fmt(jnp.shape(logits))}, got {axis}")
     x = jnp.asarray(logits, jnp.promote_types(dtype, jnp.float32))
+    if mask is not None:
+        _checks.check_bool(mask, "mask")
+        _checks.check_broadcastable(mask, "mask", x.shape,
+                                    ["..."] * (x.ndim - 1) + ["S"])
+    if x.shape[axis] == 0:  # a sum over nothing: no weights (max would fail)
+        return jnp.zeros(jnp.shape(logits), dtype)
     if mask is None:
         return jax.nn.softmax(x, axis=axis).astype(dtype)
-    _checks.check_bool(mask, "mask")
-    _checks.check_broadcastable(mask, "mask", x.shape,
-                                ["..."] * (x.ndim - 1) + ["S"])
     mask = _checks.to_rank(mask, x.ndim)
     x = jnp.where(mask, x, -jnp.inf)
     x_max = jnp.max(x, axis=axis, keepdims=True)

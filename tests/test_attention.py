@@ -239,7 +239,8 @@ class RnnAttentionTest(chex.TestCase):
         q, keys = _normal(0, (B, T, d)), _normal(1, (B, S, d))
         params = {"dot": {}, "general": {"w": _normal(2, (d, d))},
                   "concat": {"v": _normal(3, (a,)), "w_query": _normal(4, (d, a)),
-                             "w_key": _normal(5, (d, a))}}
+                             "w_key": _normal(5, (d, a))},
+                  "location": {"w": _normal(6, (d, S))}}
         key_valid = jaxattn.lengths_to_mask(jnp.array([7, 4, 2]), S)
         for name, score_fn in jaxattn.LUONG_SCORES.items():
             fn = functools.partial(score_fn, **params[name])
@@ -273,7 +274,7 @@ _q, _k, _v = _qkv()
     (lambda: jaxattn.dot_product_attention(_q, _k, _v, dropout_rate=0.1), "dropout_rng: expected a PRNG key"),
     (lambda: jaxattn.weighted_context(jnp.zeros((3, 5)), jnp.zeros((3, 5, 2))), r"weights: expected shape \[B, T, S\], got \[3, 5\]"),
     (lambda: jaxattn.weighted_context(jnp.zeros((3, 5, 7)), jnp.zeros((3, 6, 2))),
-     r"values: expected shape \[3, 7, Dv\], got \[3, 6, 2\]"),
+     r"values: expected shape \[3, 7, U\], got \[3, 6, 2\]"),
     (lambda: jaxattn.additive_attention(jnp.zeros((3, 5, 4)), jnp.zeros((3, 7, 4)), jnp.zeros((3, 7, 2)),
                                         jnp.zeros(4), mask=jnp.ones((3, 5), bool)),
      r"mask: expected shape \[3, 7\], got \[3, 5\]"),
@@ -282,7 +283,7 @@ _q, _k, _v = _qkv()
      r"mask: expected shape \[3, 5, 7\], got \[3, 1, 7\]"),
     (lambda: jaxattn.additive_attention(jnp.zeros((3, 5, 4)), jnp.zeros((3, 7, 4)), jnp.zeros((3, 6, 2)),
                                         jnp.zeros(4)),
-     r"values: expected shape \[3, 7, Dv\], got \[3, 6, 2\]"),
+     r"values: expected shape \[3, 7, U\], got \[3, 6, 2\]"),
     (lambda: jaxattn.luong_attention(jnp.zeros((3, 5, 4)), jnp.zeros((3, 7, 4)), jnp.zeros((3, 7, 2)),
                                      lambda q, k: jnp.zeros((3, 7, 5))),
      r"score_fn\(query, keys\): expected shape \[3, 5, 7\], got \[3, 7, 5\]"),

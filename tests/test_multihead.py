@@ -139,7 +139,7 @@ _x = jnp.zeros((B, T, D))
     (lambda: jaxattn.project_out(_p["out"], jnp.zeros((B, T, 3, H))), r"x: expected shape \[B, T, 2, 11\], got \[3, 5, 3, 11\]"),
     (lambda: jaxattn.multi_head_attention({"query": _p["query"]}, _x), "params: expected keys"),
     (lambda: jaxattn.multi_head_attention(_p, _x[0]), r"inputs_q: expected shape \[B, T, D\], got \[5, 9\]"),
-    (lambda: jaxattn.multi_head_attention(_p, _x, jnp.zeros((2, S, D))), r"inputs_kv: expected shape \[3, S, Dkv\], got \[2, 7, 9\]"),
+    (lambda: jaxattn.multi_head_attention(_p, _x, jnp.zeros((2, S, D))), r"inputs_kv: expected shape \[3, S, C\], got \[2, 7, 9\]"),
     (lambda: jaxattn.multi_head_attention(_p, _x, mask=jnp.ones((B, 1, 1, T))), "mask: expected a boolean mask"),
 ])
 def test_errors(call, match):
