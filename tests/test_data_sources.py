@@ -137,3 +137,29 @@ def test_byte_order_mark_and_crlf_are_not_text(tmp_path):
     skipped = collections.Counter()
     assert list(corpus.read_pairs([str(tsv)], skipped)) == [(0, "eins", "one"), (1, "zwei", "two")]
     assert not skipped
+
+
+def test_eval_splits_come_from_what_the_corpus_has(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("".join(f"one {i}\teins {i}\n" for i in range(12)))
+    (tmp_path / "test.tsv").write_text("one t\teins t\ntwo t\tzwei t\n")
+    work = str(tmp_path / "work")
+    c = _config(tmp_path / "tfds", dataset="tsv", train_file=str(tsv), eval_holdout=3)
+    assert list(data.make_datasets(c, work, process_index=0, process_count=1).eval) == ["validation"]
+    c.test_file = str(tmp_path / "test.tsv")
+    ds = data.make_datasets(c, work, process_index=0, process_count=1)
+    assert list(ds.eval) == ["validation", "test"]
+    assert sorted(ds.eval["test"].pairs) == [("one t", "eins t"), ("two t", "zwei t")]
+    assert len(ds.eval["validation"].pairs) == 3
+    c.eval_splits = ("validation", "dev")
+    with pytest.raises(ValueError, match=r"split: got 'dev', expected one of \[.*'test'.*'validation'|"
+                                         r"split: got 'dev', expected one of \[.*'validation'.*'test'"):
+        data.make_datasets(c, work, process_index=0, process_count=1)
+
+
+def test_corpus_without_validation_is_a_one_line_error(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("".join(f"one {i}\teins {i}\n" for i in range(12)))
+    c = _config(tmp_path / "tfds", dataset="tsv", train_file=str(tsv))
+    with pytest.raises(ValueError, match="eval_splits: dataset 'tsv' has no 'validation' split.*eval_holdout"):
+        data.make_datasets(c, str(tmp_path / "work"), process_index=0, process_count=1)

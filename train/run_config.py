@@ -106,8 +106,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config.decode.beam_size >= 1, f"config.decode.beam_size: got {config.decode.beam_size}, expected >= 1")
     _require(config.decode.max_length >= 1,
              f"config.decode.max_length: got {config.decode.max_length}, expected >= 1")
-    _require(len(config.data.eval_splits) >= 1,
-             "config.data.eval_splits: got (), expected at least one split (the first is validation)")
     family = config.model.family
     if config.scheduled_sampling.kind != "none":
         _require(family == "rnn",
@@ -191,7 +189,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 # evaluated, where data and devices are. Everything else would describe another model.
 DECODE_TIME_FIELDS = (
     "decode.", "data.eval_splits", "data.eval_max_examples", "data.eval_batch_size", "data.data_dir",
-    "data.eval_file", "data.eval_source_file", "data.eval_target_file", "data.test_file",
+    "data.test_file",
     "data.test_source_file", "data.test_target_file", "num_samples", "num_heatmaps", "progress_bar",
     "compute_dtype", "parallel", "distributed.", "compilation_cache_dir",
 )
@@ -268,7 +266,7 @@ def trained_run_config(workdir: str, overrides: dict[str, Any],
         elif json.loads(json.dumps(stored_value, default=str)) != json.loads(json.dumps(value, default=str)):
             raise UserError(
                 f"--config.{path}: got {value!r}, but the run in {workdir!r} was trained with {stored_value!r}; "
-                "eval/translate may only change decode-time settings (decode.*, data.eval_*, data.test_*, "
+                "eval/translate may only change decode-time settings (decode.*, data.eval_splits, data.test_*, "
                 "data.data_dir, compute_dtype, parallel): train a new model in a new --workdir to change it")
     return config
 

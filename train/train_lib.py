@@ -124,9 +124,9 @@ def _evaluate_split(run: _Run, state, split: str, *, eval_fn, decode_fn, max_exa
 
 def _final_evaluation(run: _Run, state, step: int, writer) -> dict[str, Any]:
     eval_fn, decode_fn = run.eval_fns
-    summary = {}
+    summary = {"eval_splits": list(run.datasets.eval)}
     rows = []
-    for split in run.config.data.eval_splits:
+    for split in run.datasets.eval:
         scalars, rows = _evaluate_split(run, state, split, eval_fn=eval_fn, decode_fn=decode_fn,
                                         max_examples=0, step=step, tag="final")
         writer.write_scalars(step, scalars)
@@ -239,7 +239,7 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
         sampling_schedule=sampling))
     eval_fn, decode_fn = run.eval_fns
     placed_rng = parallel.put_rng(rng)
-    val_split = config.data.eval_splits[0]
+    val_split = next(iter(run.datasets.eval))  # the first eval split is validation
     last_good, interrupted = latest, False
     show = config.progress_bar and jax.process_index() == 0
     bar = tqdm.tqdm(total=config.num_train_steps, initial=step, disable=not show, unit="step", dynamic_ncols=True)
@@ -313,7 +313,7 @@ def _open_checkpoints(workdir: str):
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: str = "latest") -> dict[str, Any]:
-    """Evaluates a trained checkpoint on every `config.data.eval_splits` split (writes samples)."""
+    """Evaluates a trained checkpoint on every eval split of its data (writes samples)."""
     ckpt = _open_checkpoints(workdir)
     try:
         step = _select_step(ckpt, checkpoint_name)

@@ -70,10 +70,10 @@ def _run() -> int:
         if summary["interrupted"]:
             print(f"Interrupted at step {summary['step']}; checkpoint saved in {workdir}. Re-run to resume.")
         else:
-            print(_summary_line(summary, config.data.eval_splits[-1]))
+            print(_summary_line(summary, summary["eval_splits"][-1]))
     elif _MODE.value == "eval":
         summary = train_lib.evaluate(config, workdir, _CHECKPOINT.value)
-        for split in config.data.eval_splits:
+        for split in summary["eval_splits"]:
             print(_summary_line(summary, split))
     else:
         sentences = list(_SENTENCES.value) or [line.strip() for line in sys.stdin if line.strip()]

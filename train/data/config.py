@@ -23,7 +23,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.target_lang = "de"  # feature key of the target side; tsv: unused (column 2 is the target)
     c.data_dir = ""  # TFDS data dir holding prepared datasets; "" = TFDS default ($TFDS_DATA_DIR)
     c.train_split = "train"  # TFDS split to train on (slices like "train[:90%]" work)
-    c.eval_splits = ("validation", "test")  # splits for eval/decoding; tsv has only "validation"
+    # splits for eval/decoding, the first one is validation (in-loop evals, best checkpoint);
+    # () = what the dataset has: "validation", then "test" if it exists (tsv: test_file below)
+    c.eval_splits = ()
     c.eval_max_examples = 0  # first N pairs of each eval split (0 = all); for fast in-loop evals
     # --- Your own corpus (dataset = "tsv"): a TSV (source<TAB>target) or two aligned text files -
     c.train_file = ""  # TSV of training pairs
@@ -33,6 +35,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.eval_source_file = ""  # or optional aligned validation files
     c.eval_target_file = ""
     c.eval_holdout = 0  # without eval files: training pairs held out as "validation"
+    c.test_file = ""  # optional TSV of test pairs (the "test" split, scored after training)
+    c.test_source_file = ""  # or optional aligned test files
+    c.test_target_file = ""
     # --- Vocabulary (SentencePiece, saved in <workdir>/vocab, reused on resume) ---------------
     c.vocab_size = 256  # pieces per vocabulary incl. pad/unk/bos/eos (a soft upper bound)
     c.vocab_model_type = "unigram"  # "unigram" or "bpe"

@@ -90,11 +90,13 @@ class ParallelCorpusConfig(tfds.core.BuilderConfig):
         eval_files: the same for the "validation" split; () for none.
         eval_holdout: when `eval_files` is empty, this many training pairs (a seeded choice) form
             "validation" instead of "train".
+        test_files: (tsv,) or (source, target) paths of an optional "test" split; () for none.
     """
 
     train_files: tuple[str, ...] = ()
     eval_files: tuple[str, ...] = ()
     eval_holdout: int = 0
+    test_files: tuple[str, ...] = ()
 
 
 class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
@@ -139,6 +141,9 @@ class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
             holdout = frozenset(rng.choice(num_train, config.eval_holdout, replace=False).tolist())
             splits["validation"] = self._generate_examples(config.train_files, holdout, True)
         splits["train"] = self._generate_examples(config.train_files, holdout, False)
+        if config.test_files:
+            self._scan(config.test_files)
+            splits["test"] = self._generate_examples(config.test_files, None, True)
         return splits
 
     def _generate_examples(self, files, holdout, in_holdout):
@@ -149,7 +154,8 @@ class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
 
 
 def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
-                   eval_holdout: int = 0, data_dir: str | None = None) -> ParallelCorpus:
+                   eval_holdout: int = 0, data_dir: str | None = None,
+                   test_files: Sequence[str] = ()) -> ParallelCorpus:
     """The (not yet prepared) builder of a corpus, named after the content of its files.
 
     Args:
@@ -157,8 +163,9 @@ def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
         eval_files: (tsv,), (source, target) or () for no separate validation file.
         eval_holdout: validation pairs held out of training when `eval_files` is empty.
         data_dir: TFDS data dir of the prepared copy (None: the TFDS default).
+        test_files: (tsv,), (source, target) or () for no "test" split.
     """
-    for arg, files in (("train_files", train_files), ("eval_files", eval_files)):
+    for arg, files in (("train_files", train_files), ("eval_files", eval_files), ("test_files", test_files)):
         if len(files) not in ((1, 2) if arg == "train_files" else (0, 1, 2)):
             raise UserError(f"{arg}: got {len(files)} paths, expected 1 (TSV) or 2 (aligned texts)")
         for path in files:
@@ -168,9 +175,13 @@ def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
         raise UserError(f"eval_holdout: got {eval_holdout}, expected >= 0")
     train_files = tuple(os.path.abspath(p) for p in train_files)
     eval_files = tuple(os.path.abspath(p) for p in eval_files)
-    fingerprint = _fingerprint(train_files + eval_files,
-                               f"{len(train_files)}:{len(eval_files)}:{eval_holdout}")
-    config = ParallelCorpusConfig(name=f"corpus_{fingerprint}", train_files=train_files,
-                                  eval_files=eval_files, eval_holdout=eval_holdout,
-                                  description=f"train {train_files}, eval {eval_files}")
+    test_files = tuple(os.path.abspath(p) for p in test_files)
+    # The name's first part is the corpus's identity (a vocabulary is bound to it); test files only
+    # add a suffix, so a test set can be added to a trained run without changing its identity.
+    name = f"corpus_{_fingerprint(train_files + eval_files, f'{len(train_files)}:{len(eval_files)}:{eval_holdout}')}"
+    if test_files:
+        name += f"_test_{_fingerprint(test_files, str(len(test_files)))}"
+    config = ParallelCorpusConfig(name=name, train_files=train_files,
+                                  eval_files=eval_files, eval_holdout=eval_holdout, test_files=test_files,
+                                  description=f"train {train_files}, eval {eval_files}, test {test_files}")
     return ParallelCorpus(config=config, data_dir=data_dir or None)

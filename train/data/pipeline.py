@@ -57,7 +57,7 @@ class Datasets:
     Attributes:
         train: `iter(train)` is a grain DatasetIterator of numpy batches (API.md format) with
             `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
-        eval: {split: EvalSet} for `config.eval_splits`.
+        eval: {split: EvalSet} in `eval_splits` order (the first is validation).
         tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
         batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
         num_train_examples: training pairs of this process's slice (before the length policy).
@@ -74,9 +74,28 @@ def _files(*paths: str) -> tuple[str, ...]:
     return tuple(p for p in paths if p)
 
 
-def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
+def eval_splits(config: ml_collections.ConfigDict, available: Sequence[str]) -> tuple[str, ...]:
+    """`config.eval_splits`, or when it is () what the dataset has: validation, then test."""
+    if config.eval_splits:
+        return tuple(config.eval_splits)
+    if not available:  # split list unknown (e.g. under tfds.testing.mock_data): the usual two
+        return ("validation", "test")
+    splits = tuple(s for s in ("validation", "test") if s in available)
+    if "validation" not in splits:
+        hint = ("set data.eval_file (or eval_source_file/eval_target_file) or data.eval_holdout"
+                if config.dataset == TSV else "set data.eval_splits, e.g. to a slice of the training split")
+        raise UserError(f"eval_splits: dataset {config.dataset!r} has no 'validation' split (it has "
+                        f"{list(available)}); {hint}")
+    return splits
+
+
+def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str] | None = None
                  ) -> tuple[dict[str, Sequence[Mapping]], str, str, str]:
     """Prepares `config.dataset` and opens `splits`.
+
+    Args:
+        config: `config.data`.
+        splits: the splits to open; None = the training split and `eval_splits(config, ...)`.
 
     Returns:
         ({split: random-access source of records}, source key, target key, dataset id).
@@ -91,8 +110,9 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
         if not train:
             raise UserError("train_file: dataset 'tsv' needs train_file or train_source_file and "
                             "train_target_file")
+        tests = _files(config.test_file) or _files(config.test_source_file, config.test_target_file)
         builder = catalog.prepare(corpus.corpus_builder(train, evals, config.eval_holdout,
-                                                        data_dir))
+                                                        data_dir, tests))
         source_key, target_key = "source", "target"
     else:
         builder = catalog.prepare_builder(config.dataset, data_dir)
@@ -103,8 +123,11 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]
                 raise UserError(f"{arg}: got {key!r}, expected one of {keys} for {config.dataset}")
         if source_key == target_key:
             raise UserError(f"source_lang, target_lang: both {source_key!r}, expected two languages")
-    dataset_id = f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
+    config_name = builder.builder_config.name.split("_test_")[0] if builder.builder_config else ""
+    dataset_id = f"{builder.name}/{config_name}"  # what the vocabulary is bound to (not the test files)
     dataset_id += f":{source_key}->{target_key}"
+    if splits is None:
+        splits = [config.train_split, *eval_splits(config, list(builder.info.splits.keys()))]
     return catalog.split_sources(builder, splits), source_key, target_key, dataset_id
 
 
@@ -263,8 +286,8 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] < max_length:
         raise UserError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
 
-    sources, source_key, target_key, dataset_id = load_dataset(
-        config, [config.train_split, *config.eval_splits])
+    sources, source_key, target_key, dataset_id = load_dataset(config)
+    eval_names = [split for split in sources if split != config.train_split]
     readers = {split: catalog.PairReader(source, source_key, target_key)
                for split, source in sources.items()}
     train_reader = readers[config.train_split]
@@ -284,7 +307,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     eval_encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                           "truncate")
     evals = {split: _eval_set(config, readers[split], eval_encode, lengths)
-             for split in config.eval_splits}
+             for split in eval_names}
     _log.info("Data %s: %d training pairs on process %d/%d, batch shapes %s, V=%d/%d", dataset_id,
               num_train, process_index, process_count, shapes, tokenizers.source.vocab_size,
               tokenizers.target.vocab_size)
