@@ -172,6 +172,26 @@ def _hide_unseen(query, key, value, mask):
             jnp.where(key_seen, value, zero))  # [B, S, K, H]
 
 
+def _hide_unseen_inputs(inputs_q, inputs_kv, mask):
+    """`_hide_unseen` before the head projections (multi-head attention): zeros
+    the query inputs that see no key and the key/value inputs that no query
+    sees, so 0 * NaN stays out of the projection kernels' gradients too.
+
+    inputs_q [B, T, D], inputs_kv [B, S, C], mask bool broadcastable to
+    [B, N, T, S] (N is checked later, against the projected heads).
+    """
+    b, t, _ = inputs_q.shape
+    s = inputs_kv.shape[1]
+    _checks.check_bool(mask, "mask")
+    n = jnp.shape(mask)[-3] if jnp.ndim(mask) >= 3 else 1
+    _checks.check_broadcastable(mask, "mask", (b, n, t, s), "BNTS")
+    mask = _checks.to_rank(mask, 4)  # [B|1, N|1, T|1, S|1]
+    row_seen = jnp.any(mask, axis=(1, 3))[..., None]  # [B|1, T|1, 1]
+    key_seen = jnp.any(mask, axis=(1, 2))[..., None]  # [B|1, S|1, 1]
+    return (jnp.where(row_seen, inputs_q, jnp.zeros((), inputs_q.dtype)),  # [B, T, D]
+            jnp.where(key_seen, inputs_kv, jnp.zeros((), inputs_kv.dtype)))  # [B, S, C]
+
+
 def _reference(query, key, value, mask, bias, scale, dropout, dropout_rate, dropout_rng):
     b, t, n, h = query.shape
     s, k = key.shape[1], key.shape[2]

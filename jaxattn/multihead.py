@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from jaxattn import _checks
-from jaxattn.attention import dot_product_attention
+from jaxattn.attention import _hide_unseen_inputs, dot_product_attention
 
 __all__ = [
     "init_multi_head_params",
@@ -180,6 +180,8 @@ def multi_head_attention(
         inputs_kv = inputs_q
     else:
         _checks.check_shape(inputs_kv, "inputs_kv", (b, None, None), "BSC")
+    if mask is not None:  # hidden rows: keep 0 * NaN out of the kernels' gradients
+        inputs_q, inputs_kv = _hide_unseen_inputs(inputs_q, inputs_kv, mask)
     q = project_heads(params["query"], inputs_q, name="inputs_q")  # [B, T, N, H]
     k = project_heads(params["key"], inputs_kv, name=kv_name)  # [B, S, K, H]
     v = project_heads(params["value"], inputs_kv, name=kv_name)  # [B, S, K, H]

@@ -216,6 +216,32 @@ def test_rnn_attention_hides_garbage_in_values_and_parameter_grads():
     np.testing.assert_array_equal(ctx[1, 4], 0.0)
 
 
+def test_multi_head_attention_keeps_garbage_rows_out_of_parameter_grads():
+    q_valid = jnp.ones((B, T), bool).at[0, 3:].set(False)
+    k_valid = jnp.ones((B, S), bool).at[1, 5:].set(False)
+    cross = jaxattn.cross_attention_mask(q_valid, k_valid)  # [B, 1, T, S]
+    causal = jaxattn.combine_masks(jaxattn.cross_attention_mask(q_valid, q_valid),
+                                   jaxattn.causal_mask(T))  # [B, 1, T, T]
+    x_kv = _normal(11, (B, S, 9))
+    dirty_q, dirty_kv = _garbage(_x, ~q_valid, 0), _garbage(x_kv, ~k_valid, 1)
+
+    def cross_attention(params, x, x_kv):
+        return jaxattn.multi_head_attention(params, x, x_kv, cross)
+
+    def self_attention(params, x):
+        return jaxattn.multi_head_attention(params, x, None, causal)
+
+    @jax.jit
+    def everything():
+        return {"cross": [_with_grads(cross_attention, (_params, *x)) for x in ((_x, x_kv), (dirty_q, dirty_kv))],
+                "self": [_with_grads(self_attention, (_params, x)) for x in (_x, dirty_q)]}
+
+    for name, (from_clean, from_dirty) in everything().items():
+        chex.assert_tree_all_finite(from_dirty)
+        chex.assert_trees_all_equal(from_dirty[0], from_clean[0], custom_message=name)  # outputs
+        chex.assert_trees_all_equal(from_dirty[1][0], from_clean[1][0], custom_message=name)  # params
+
+
 def test_masked_softmax_ignores_garbage_logits():
     logits = _normal(0, (B, T, S))
     mask = jnp.ones((B, 1, S), bool).at[0, :, 2:].set(False).at[1].set(False)
