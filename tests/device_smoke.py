@@ -1,0 +1,45 @@
+"""Runs `python -m benchmarks.device` as a user would, once per argument list per session.
+
+Shared by tests/test_benchmarks_device.py and tests/test_readme.py (the README's command),
+so the ~1 minute smoke run is paid once. The command runs in a scratch directory with its
+own TFDS data dir and without the suite's 8 fake CPU devices (the trainer under part e
+would otherwise need batches split 8 ways).
+"""
+
+import atexit
+import functools
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import NamedTuple
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Run(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+    markdown: str  # the --output file ("" if it was not written)
+
+
+@functools.lru_cache(maxsize=None)
+def run_device_benchmark(args: tuple[str, ...]) -> Run:
+    """`python -m benchmarks.device <args>`, with cwd a fresh scratch directory."""
+    scratch = tempfile.mkdtemp(prefix="device_smoke_")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
+                                if "xla_force_host_platform_device_count" not in flag)
+    env["TFDS_DATA_DIR"] = os.path.join(scratch, "tfds")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.device", *args], cwd=scratch,
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    default = "runs/device_benchmark_smoke.md" if "--smoke" in args else "runs/device_benchmark.md"
+    output = next((a.split("=", 1)[1] for a in args if a.startswith("--output=")), default)
+    path = pathlib.Path(scratch, output)
+    return Run(proc.returncode, proc.stdout, proc.stderr,
+               path.read_text(encoding="utf-8") if path.exists() else "")
