@@ -67,7 +67,7 @@ class Sizes:
     decode_repeats: int = 5
     e2e_flags: tuple[str, ...] = ()  # added to `python -m train.translate`
     timeouts: dict = dataclasses.field(default_factory=lambda: {
-        "correctness": 50, "attention": 100, "train_step": 120, "decode": 70, "e2e": 140})
+        "correctness": 60, "attention": 90, "train_step": 120, "decode": 70, "e2e": 140})
 
 
 FULL = Sizes()
