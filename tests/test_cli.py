@@ -50,9 +50,8 @@ def test_programming_errors_keep_their_traceback(error):
 
 
 def test_positional_arguments_are_rejected():
-    from absl import app
     cli.reject_positional(["prog"])
-    with pytest.raises(app.UsageError, match="unexpected arguments: extra words"):
+    with pytest.raises(UserError, match="unexpected arguments: extra words"):
         cli.reject_positional(["prog", "extra", "words"])
 
 
@@ -63,10 +62,18 @@ def test_logging_filters_orbax_metric_warning_once():
         cli.configure_logging()
         cli.configure_logging()
         added = [f for f in absl_logger.filters if f not in before]
-        assert len(added) <= 1 and len([f for f in absl_logger.filters if type(f).__name__ == "_OrbaxMetricWarning"]) == 1
+        assert len(added) <= 2
+        for kind in ("_OrbaxMetricWarning", "_DiskFullEcho"):
+            assert len([f for f in absl_logger.filters if type(f).__name__ == kind]) == 1
         record = logging.LogRecord("absl", logging.WARNING, __file__, 1, "Save did not provide metrics", None, None)
         assert not absl_logger.filter(record)
         record = logging.LogRecord("absl", logging.WARNING, __file__, 1, "something else", None, None)
+        assert absl_logger.filter(record)
+        full = OSError(errno.ENOSPC, "No space left on device")
+        record = logging.LogRecord("absl", logging.ERROR, __file__, 1, "save failed", None, (OSError, full, None))
+        assert not absl_logger.filter(record)  # the trainer reports it in one line
+        other = OSError(errno.EIO, "Input/output error")
+        record = logging.LogRecord("absl", logging.ERROR, __file__, 1, "save failed", None, (OSError, other, None))
         assert absl_logger.filter(record)
         assert logging.getLogger("train").getEffectiveLevel() == logging.INFO
     finally:

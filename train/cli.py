@@ -14,12 +14,14 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
-from train import train_lib
+from train import checkpoint, train_lib
 from train.errors import UserError
 
 # Errors that are the user's input, reported as one line; any other exception is a bug and keeps
@@ -37,18 +39,64 @@ class _OrbaxMetricWarning(logging.Filter):
         return "did not provide metrics" not in record.getMessage()
 
 
+class _DiskFullEcho(logging.Filter):
+    """Drops Orbax's tracebacks of a save that ran out of disk: the trainer reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and checkpoint.is_disk_full(record.exc_info[1]))
+
+
+def _fail(message: str) -> None:
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    sys.exit(1)
+
+
+def _config_file_flags() -> list[str]:
+    """Names of the `config_flags.DEFINE_config_file` flags."""
+    return [name for name in flags.FLAGS if flags.FLAGS[name].flag_type() == "config object"]
+
+
+def _config_path(name: str, argv: list[str]) -> str:
+    """The file given to `--<name>` in `argv` (the flag's default if it is not there)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return str(flags.FLAGS[name].default_as_str).strip("'")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """`flags_parser` for `app.run`: a bad flag or config override is one `error:` line, exit status 1."""
+    """`flags_parser` for `app.run`: a bad flag, config file or override, or a stray argument, is one
+    `error:` line and exit status 1."""
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(e))
+    except Exception as e:  # raised while a config file was executed: the user's file, not our code
+        names = _config_file_flags()
+        flag = f"--{names[0]}={_config_path(names[0], argv)}" if len(names) == 1 else "--config"
+        if isinstance(e, AttributeError) and "get_config" in str(e):
+            _fail(f"{flag}: the file defines no get_config() returning the config")
+        _fail(f"{flag}: cannot load the config file ({type(e).__name__}: {e})")
+    for name in _config_file_flags():
+        value = flags.FLAGS[name].value
+        if not isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+            path = _config_path(name, argv)
+            reason = "no such file" if not os.path.isfile(path.split(":", 1)[0]) else "get_config() returned no ConfigDict"
+            _fail(f"--{name}={path}: {reason}")
+    try:
+        reject_positional(rest)
+    except UserError as e:
+        _fail(str(e))
+    return rest
 
 
 def reject_positional(argv: list[str]) -> None:
+    """Raises `UserError` for arguments after the program name (every input is a flag)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (every setting is a --flag; "
+                        "see --help)")
 
 
 def configure_logging() -> None:
@@ -56,8 +104,9 @@ def configure_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("train").setLevel(logging.INFO)
     absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxMetricWarning) for f in absl_logger.filters):
-        absl_logger.addFilter(_OrbaxMetricWarning())
+    for kind in (_OrbaxMetricWarning, _DiskFullEcho):
+        if not any(isinstance(f, kind) for f in absl_logger.filters):
+            absl_logger.addFilter(kind())
 
 
 def environment_message(e: OSError) -> str:
@@ -76,24 +125,65 @@ def environment_message(e: OSError) -> str:
     return message
 
 
+def _message(error: BaseException) -> str | None:
+    """The one line for a user or environment error; None for anything else (a bug)."""
+    if isinstance(error, USER_ERRORS):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        return environment_message(error)
+    return None
+
+
 def one_line_errors(body: Callable[[], int]) -> int:
-    """Runs `body`; a user or environment error becomes one `error: ...` line on stderr and exit status 1."""
+    """Runs `body`; a user or environment error becomes one `error: ...` line on stderr and exit status 1.
+
+    An environment error raised while cleaning up after a reported one (closing
+    files on a full disk) reports the first one.
+    """
     try:
         return body()
-    except USER_ERRORS as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 1
-    except OSError as e:
-        if e.errno not in ENVIRONMENT_ERRNOS:
+    except Exception as e:
+        message = _message(e)
+        if message is None:
             raise
-        print("error: " + " ".join(environment_message(e).split()), file=sys.stderr)
+        first = e.__context__
+        while isinstance(e, OSError) and first is not None:
+            message = _message(first) or message
+            first = None if first.__suppress_context__ else first.__context__
+        if checkpoint.is_disk_full(e):
+            _DISK_FULL_REPORTED.set()
+        print("error: " + " ".join(message.split()), file=sys.stderr)
         return 1
+
+
+# Set once a full disk has been reported: I/O errors of background writers after that are its echoes.
+_DISK_FULL_REPORTED = threading.Event()
+
+
+def _quiet_disk_full_echoes() -> None:
+    """Drops the tracebacks a full disk raises in background writers (TensorBoard's flush thread,
+    its exit handler, Orbax's save threads): the main thread reports the full disk in one line."""
+    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+
+    def echo(error: BaseException | None) -> bool:
+        return checkpoint.is_disk_full(error) or (_DISK_FULL_REPORTED.is_set() and isinstance(error, OSError))
+
+    def on_thread_error(args) -> None:
+        if not echo(args.exc_value):
+            thread_hook(args)
+
+    def on_unraisable(unraisable) -> None:
+        if not echo(unraisable.exc_value):
+            unraisable_hook(unraisable)
+
+    threading.excepthook, sys.unraisablehook = on_thread_error, on_unraisable
 
 
 def run(body: Callable[[], int]) -> None:
     """`app.run` of `body` with the flag parsing, logging and one-line errors above; exits with its status."""
     def main(argv: list[str]) -> int:
-        reject_positional(argv)
+        del argv  # parse_flags refused any positional argument
         configure_logging()
+        _quiet_disk_full_echoes()
         return one_line_errors(body)
     app.run(main, flags_parser=parse_flags)

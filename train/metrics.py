@@ -44,8 +44,11 @@ class MetricWriter:
             value = float(np.asarray(value))
             row[name] = value
             self._tb.add_scalar(name, value, int(step))
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk, typically: say which file
+            raise OSError(e.errno, e.strerror, self.jsonl_path) from None
 
     def write_text(self, step: int, name: str, text: str) -> None:
         """Records a text blob (e.g. sample translations) in TensorBoard."""

@@ -162,8 +162,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
         raise UserError(f"workdir: {workdir!r} exists and is not a directory")
     if not os.path.exists(path):
         return False
-    with open(path, encoding="utf-8") as f:
-        stored = json.load(f)
+    stored = read_workdir_config(workdir)  # a damaged file is a one-line error naming it
     differences = diff(identity(ml_collections.ConfigDict(stored)), identity(config))
     if differences:
         raise UserError(

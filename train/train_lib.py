@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps
+from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps, workdir_lock
 from train.data import Tokenizers, load_tokenizers, make_datasets
 from train.errors import UserError
 
@@ -80,6 +80,8 @@ def _checkpoint_config(config, tokenizers) -> dict[str, Any]:
 
 def _check_checkpoint(ckpt, step, config, tokenizers) -> None:
     stored = ckpt.restore_config(step)
+    if not {"config", "vocab"} <= set(stored):
+        raise checkpoint.DamagedCheckpointError(step, f"{step}/config", "no 'config' and 'vocab' entries")
     tokenizers.check(stored["vocab"])
     differences = run_config.diff(
         run_config.identity(ml_collections.ConfigDict(stored["config"])), run_config.identity(config)
@@ -89,12 +91,14 @@ def _check_checkpoint(ckpt, step, config, tokenizers) -> None:
 
 
 def _restore(run: _Run, ckpt, step: int, data_iterator=None):
+    if data_iterator is not None:  # resuming: the newest intact checkpoint; damaged newer ones set aside
+        step = ckpt.select("latest", checkpoint.RESUME_ITEMS)
     _check_checkpoint(ckpt, step, run.config, run.tokenizers)
     rng = sharding.global_rng(run.config.seed)
     abstract = run.parallel.abstract_state(run.init_fn, rng)
     abstract_rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=run.parallel.rng_sharding)
     state, train_rng = ckpt.restore(step, abstract, abstract_rng, data_iterator)
-    _log.info("Restored checkpoint %d from %s", step, ckpt.manager.directory)
+    _log.info("Restored checkpoint %d from %s", step, ckpt.directory)
     return run.parallel.place_state(state), train_rng
 
 
@@ -150,6 +154,7 @@ def _prepare(config, workdir) -> tuple[_Run, bool]:
     return _build(config, workdir, datasets.tokenizers, datasets), existing
 
 
+@workdir_lock.locked  # a second trainer on the same workdir is refused
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints), then evaluates.
 
@@ -297,11 +302,9 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
 def _select_step(ckpt, which: str) -> int:
     if which not in CHECKPOINT_CHOICES:
         raise UserError(f"checkpoint: got {which!r}, expected one of {CHECKPOINT_CHOICES}")
-    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-    if which == "best" and step is None:
-        step = ckpt.latest_step()
+    step = ckpt.select(which)  # checked file by file; a damaged one falls back to the next, saying so
     if step is None:
-        raise UserError(f"workdir: no checkpoint in {ckpt.manager.directory}; train first")
+        raise UserError(f"workdir: no checkpoint in {ckpt.directory}; train first")
     return step
 
 

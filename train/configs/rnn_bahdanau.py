@@ -4,6 +4,7 @@
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder  # a None default that --config.<field> can set
 
 from train.configs import base
 
@@ -21,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.bidirectional = True  # bidirectional encoder (sec. 3.2)
     config.model.attention = "bahdanau"  # additive attention from s_{t-1} (eq. 5-6)
     config.model.score = "general"  # unused with Bahdanau attention
-    config.model.attention_dim = None  # A, additive score size; None = decoder size
+    config.model.attention_dim = placeholder(int)  # A, additive score size; None = decoder size
     config.model.decoder_hidden_size = 256  # decoder state size
     config.model.dropout_rate = 0.1  # dropout on embeddings, between layers, before output
 

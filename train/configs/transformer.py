@@ -9,6 +9,7 @@ trains a SentencePiece vocabulary, trains, evaluates, decodes, plots attention.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder  # a None default that --config.<field> can set
 
 from train.configs import base
 
@@ -21,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.family = "transformer"  # jaxattn.models.Transformer / TransformerConfig
     config.model.emb_dim = 128  # D, model width
     config.model.num_heads = 4  # N, attention heads (must divide D)
-    config.model.num_kv_heads = None  # K < N: grouped-query attention; None = N
+    config.model.num_kv_heads = placeholder(int)  # K < N: grouped-query attention; None = N
     config.model.num_encoder_layers = 3  # encoder layers
     config.model.num_decoder_layers = 3  # decoder layers
     config.model.mlp_dim = 256  # F, feed-forward hidden size
@@ -32,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.attention_dropout_rate = 0.0  # dropout on attention weights
     config.model.share_embeddings = True  # one table for source and target (shared vocab)
     config.model.tie_output = True  # output projection = target embedding^T (sec. 3.4)
-    config.model.attention_implementation = None  # None = auto; "xla", "cudnn", "chunked", ...
+    config.model.attention_implementation = placeholder(str)  # None = auto; "xla", "cudnn", "chunked", ...
 
     config.data.dataset = "number_words/medium"  # 30k / 1k / 1k pairs, numbers below 10^5
     config.data.source_lang = "en"

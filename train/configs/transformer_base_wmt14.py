@@ -15,6 +15,7 @@ and data.batch_size_multiple to the local device count.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder  # a None default that --config.<field> can set
 
 from train.configs import base
 
@@ -27,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.family = "transformer"  # jaxattn.models.Transformer / TransformerConfig
     config.model.emb_dim = 512  # D
     config.model.num_heads = 8  # N
-    config.model.num_kv_heads = None  # K; None = N (multi-head, as in the paper)
+    config.model.num_kv_heads = placeholder(int)  # K; None = N (multi-head, as in the paper)
     config.model.num_encoder_layers = 6  # encoder layers
     config.model.num_decoder_layers = 6  # decoder layers
     config.model.mlp_dim = 2048  # F
@@ -38,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.attention_dropout_rate = 0.0  # not used in the paper
     config.model.share_embeddings = True  # shared source/target vocabulary and table
     config.model.tie_output = True  # output projection = embedding^T (sec. 3.4)
-    config.model.attention_implementation = None  # auto: cuDNN / XLA fused attention
+    config.model.attention_implementation = placeholder(str)  # None = auto: cuDNN / XLA fused attention
 
     config.data.dataset = "wmt14_translate/de-en"  # TFDS; train = WMT14 train, test = newstest2014
     config.data.source_lang = "en"

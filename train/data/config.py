@@ -35,6 +35,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.eval_source_file = ""  # or optional aligned validation files
     c.eval_target_file = ""
     c.eval_holdout = 0  # without eval files: training pairs held out as "validation"
+    # tsv: lines with a side longer than this many characters are skipped and counted, like other
+    # unusable lines (a sentence is ~100; one huge line would stall vocabulary training); 0 = no limit
+    c.max_line_chars = 2000
     c.test_file = ""  # optional TSV of test pairs (the "test" split, scored after training)
     c.test_source_file = ""  # or optional aligned test files
     c.test_target_file = ""

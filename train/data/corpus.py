@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from train.data.config import default_data_config
 from train.errors import UserError
 
 __all__ = ["ParallelCorpus", "ParallelCorpusConfig", "corpus_builder", "read_pairs"]
@@ -37,13 +38,15 @@ def _lines(path: str) -> list[bytes]:
     return lines
 
 
-def read_pairs(files: Sequence[str], skipped: collections.Counter
+def read_pairs(files: Sequence[str], skipped: collections.Counter, max_chars: int = 0
                ) -> Iterator[tuple[int, str, str]]:
     """Yields (line number, source, target) of usable lines; counts the others in `skipped`.
 
     Args:
         files: (tsv_path,) with "source<TAB>target" lines, or (source_path, target_path).
-        skipped: incremented per reason: "columns", "empty", "utf8".
+        skipped: incremented per reason: "columns", "empty", "utf8", "longer than <max_chars> chars".
+        max_chars: longest usable side in characters (0: no limit). A megabyte-long line would
+            otherwise go whole into vocabulary training and tokenization before any length filter.
     """
     if len(files) == 1:
         columns = (raw.split(b"\t") for raw in _lines(files[0]))
@@ -68,6 +71,9 @@ def read_pairs(files: Sequence[str], skipped: collections.Counter
         if not source or not target:
             skipped["empty"] += 1
             continue
+        if max_chars and max(len(source), len(target)) > max_chars:
+            skipped[f"longer than {max_chars} chars"] += 1
+            continue
         yield number, source, target
 
 
@@ -91,12 +97,14 @@ class ParallelCorpusConfig(tfds.core.BuilderConfig):
         eval_holdout: when `eval_files` is empty, this many training pairs (a seeded choice) form
             "validation" instead of "train".
         test_files: (tsv,) or (source, target) paths of an optional "test" split; () for none.
+        max_line_chars: lines with a side longer than this are skipped and counted (0: no limit).
     """
 
     train_files: tuple[str, ...] = ()
     eval_files: tuple[str, ...] = ()
     eval_holdout: int = 0
     test_files: tuple[str, ...] = ()
+    max_line_chars: int = 0
 
 
 class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
@@ -114,7 +122,7 @@ class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _scan(self, files: Sequence[str]) -> int:
         skipped = collections.Counter()
-        total = sum(1 for _ in read_pairs(files, skipped))
+        total = sum(1 for _ in read_pairs(files, skipped, self.builder_config.max_line_chars))
         if not total:
             raise UserError(f"files: no usable 'source<TAB>target' line in {', '.join(files)} "
                             f"(skipped: {dict(skipped)})")
@@ -148,14 +156,15 @@ class ParallelCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, files, holdout, in_holdout):
         # `holdout` indexes usable pairs, so it is independent of where the skipped lines sit.
-        for i, (number, source, target) in enumerate(read_pairs(files, collections.Counter())):
+        pairs = read_pairs(files, collections.Counter(), self.builder_config.max_line_chars)  # counted by _scan
+        for i, (number, source, target) in enumerate(pairs):
             if holdout is None or (i in holdout) == in_holdout:
                 yield number, {"source": source, "target": target}
 
 
 def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
                    eval_holdout: int = 0, data_dir: str | None = None,
-                   test_files: Sequence[str] = ()) -> ParallelCorpus:
+                   test_files: Sequence[str] = (), max_line_chars: int = 0) -> ParallelCorpus:
     """The (not yet prepared) builder of a corpus, named after the content of its files.
 
     Args:
@@ -164,6 +173,8 @@ def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
         eval_holdout: validation pairs held out of training when `eval_files` is empty.
         data_dir: TFDS data dir of the prepared copy (None: the TFDS default).
         test_files: (tsv,), (source, target) or () for no "test" split.
+        max_line_chars: longest usable side in characters (0: no limit); part of the corpus's
+            identity unless it is the config default.
     """
     for arg, files in (("train_files", train_files), ("eval_files", eval_files), ("test_files", test_files)):
         if len(files) not in ((1, 2) if arg == "train_files" else (0, 1, 2)):
@@ -173,15 +184,21 @@ def corpus_builder(train_files: Sequence[str], eval_files: Sequence[str] = (),
                 raise UserError(f"{arg}: {path} does not exist or is not a file")
     if eval_holdout < 0:
         raise UserError(f"eval_holdout: got {eval_holdout}, expected >= 0")
+    if max_line_chars < 0:
+        raise UserError(f"max_line_chars: got {max_line_chars}, expected >= 0 (0: no limit)")
     train_files = tuple(os.path.abspath(p) for p in train_files)
     eval_files = tuple(os.path.abspath(p) for p in eval_files)
     test_files = tuple(os.path.abspath(p) for p in test_files)
     # The name's first part is the corpus's identity (a vocabulary is bound to it); test files only
     # add a suffix, so a test set can be added to a trained run without changing its identity.
-    name = f"corpus_{_fingerprint(train_files + eval_files, f'{len(train_files)}:{len(eval_files)}:{eval_holdout}')}"
+    identity = f"{len(train_files)}:{len(eval_files)}:{eval_holdout}"
+    if max_line_chars != default_data_config().max_line_chars:  # the default keeps older corpora's names
+        identity += f":max_line_chars={max_line_chars}"
+    name = f"corpus_{_fingerprint(train_files + eval_files, identity)}"
     if test_files:
         name += f"_test_{_fingerprint(test_files, str(len(test_files)))}"
     config = ParallelCorpusConfig(name=name, train_files=train_files,
                                   eval_files=eval_files, eval_holdout=eval_holdout, test_files=test_files,
+                                  max_line_chars=max_line_chars,
                                   description=f"train {train_files}, eval {eval_files}, test {test_files}")
     return ParallelCorpus(config=config, data_dir=data_dir or None)

@@ -53,7 +53,13 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Reads a `.model` file written by `save` or by SentencePiece."""
         with open(path, "rb") as f:
-            return cls(f.read())
+            proto = f.read()
+        try:
+            return cls(proto)
+        except RuntimeError as e:  # SentencePiece cannot parse it
+            raise UserError(f"vocabulary {path}: not a SentencePiece model ({' '.join(str(e).split())[:200]}); "
+                            "restore it from a copy of this workdir (its checkpoints were trained with it), "
+                            "or train in a new --workdir") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the model proto atomically (temp file + rename)."""
@@ -158,8 +164,12 @@ def _load_or_train(vocab_dir: str, role: str, settings: dict, texts_fn: Callable
     if os.path.exists(model_path):
         recorded = None
         if os.path.exists(settings_path):
-            with open(settings_path) as f:
-                recorded = json.load(f)
+            try:
+                with open(settings_path, "rb") as f:
+                    recorded = json.loads(f.read())
+            except ValueError as e:
+                raise UserError(f"vocabulary settings {settings_path}: not valid JSON ({e}); restore it from a "
+                                "copy of this workdir, or delete it (it is only checked, not needed)") from None
         if recorded is not None and recorded != settings:
             raise UserError(f"vocabulary {model_path}: was trained with {recorded}, config asks for "
                             f"{settings}; use another workdir (an existing vocabulary is never "
