@@ -61,7 +61,6 @@ class TranslateCall:
 
     segment: str
     span: tuple[int, int]  # of the python part in `segment` (a pipeline part)
-    env: dict[str, str]  # NAME=value words before `python`
     flags: list[tuple[str, str | None]]
 
     @classmethod
@@ -71,10 +70,9 @@ class TranslateCall:
                 break
         else:
             raise AssertionError(f"no `python -m train.translate` in {segment!r}")
-        words, env = shlex.split(segment[a:b]), {}
-        while words and re.match(r"[A-Za-z_]\w*=", words[0]):
-            name, _, value = words.pop(0).partition("=")
-            env[name] = value
+        words = shlex.split(segment[a:b])
+        while words and re.match(r"[A-Za-z_]\w*=", words[0]):  # VAR=value before python: bash's
+            words.pop(0)
         assert words[1:3] == ["-m", "train.translate"], segment
         flags, rest = [], words[3:]
         while rest:
@@ -84,7 +82,7 @@ class TranslateCall:
             if not eq and rest and not rest[0].startswith("--"):
                 value, eq = rest.pop(0), "="
             flags.append((name, value if eq else None))
-        return cls(segment, (a, b), env, flags)
+        return cls(segment, (a, b), flags)
 
     def flag(self, name: str, default: str | None = None) -> str | None:
         values = [v for n, v in self.flags if n == name]
@@ -173,10 +171,11 @@ _NUMBERS = np.random.default_rng(0).permutation(100_000)  # disjoint ranges per 
 _SPLIT_OFFSET = {"train": 0, "eval": 50_000, "test": 60_000, "input": 70_000}
 
 
-def _pairs(split: str, count: int) -> list[tuple[str, str]]:
+def _pairs(part: str, count: int) -> list[tuple[str, str]]:
+    """`count` (English, German) number-word pairs of one part of the number range."""
     from train.data.number_words import number_to_words
 
-    numbers = _NUMBERS[_SPLIT_OFFSET[split]:_SPLIT_OFFSET[split] + count]
+    numbers = _NUMBERS[_SPLIT_OFFSET[part]:_SPLIT_OFFSET[part] + count]
     return [(number_to_words(n, "en"), number_to_words(n, "de")) for n in numbers]
 
 
@@ -216,11 +215,11 @@ def _generate_corpus_files(session: Session, call: TranslateCall, cwd: pathlib.P
         match = re.fullmatch(r"data\.(train|eval|test)_(?:(source|target)_)?file", key)
         if not match or not value:
             continue
-        split, side = match.groups()
+        part, side = match.groups()
         path = cwd / value
         if path.exists() or _written_by_readme(session, value, cwd):
             continue
-        pairs = _pairs(split, holdout + 1_200 if split == "train" else 40)
+        pairs = _pairs(part, holdout + 1_200 if part == "train" else 40)
         if side is None:
             _write_lines(path, [f"{s}\t{t}" for s, t in pairs])
         else:
@@ -367,8 +366,10 @@ def run_on_trained_run(session: Session, segment: str, command: Command) -> None
         # total<TAB>mean log P(target | source) per line (<= 0); a blank line gives a blank line.
         assert len(output) == len(inputs), (inputs, output)
         for line, out in zip(inputs, output):
-            assert out == "" if not line.strip() else re.fullmatch(rf"{FLOAT}\t{FLOAT}", out) and float(
-                out.split("\t")[0]) <= 0, (line, out)
+            if not line.strip():
+                assert out == "", (line, out)
+            else:
+                assert re.fullmatch(rf"{FLOAT}\t{FLOAT}", out) and float(out.split("\t")[0]) <= 0, (line, out)
     else:
         pytest.fail(f"no check for --mode={mode} in tests/test_readme_commands.py ({segment!r}): add one")
 
@@ -413,10 +414,11 @@ def run_multihost_explicit(session: Session, segment: str, command: Command) -> 
 def run_multihost_auto(session: Session, segment: str, command: Command) -> None:
     """`--config.distributed.coordinator_address=auto`: JAX detects the cluster.
 
-    No cluster exists here, so (1) without one the command must fail fast (no hang) naming
-    the coordinator, and (2) it runs for real as a 2-task SLURM job on loopback: the SLURM
-    variables JAX reads (job id -> coordinator port, node list -> 127.0.0.1, task count, task
-    id) are set as `srun` would set them, which is what `auto` means on SLURM.
+    No cluster exists here, so (1) without one the command must fail fast (no hang) naming the
+    coordinator (today: JAX's own ValueError, with its traceback), and (2) it runs for real as
+    a 2-task SLURM job on loopback: the SLURM variables JAX reads (job id -> coordinator port,
+    node list -> 127.0.0.1, task count, task id) are set as `srun` would set them, which is
+    what `auto` means on SLURM.
     """
     call = TranslateCall.parse(segment)
     cwd = session.fresh_dir("auto")
@@ -457,8 +459,8 @@ def _help_text(session: Session, program: str) -> str:
 
 def _program_and_flags(segment: str) -> tuple[str, list[str]]:
     words = shlex.split(segment)
-    split = 3 if words[1] == "-m" else 2
-    return shlex.join(words[:split]), [w.split("=")[0] for w in words[split:] if w.startswith("--")]
+    n = 3 if words[1] == "-m" else 2  # python -m module | python script.py
+    return shlex.join(words[:n]), [w.split("=")[0] for w in words[n:] if w.startswith("--")]
 
 
 def run_device_benchmark(session: Session, segment: str, command: Command) -> None:
