@@ -32,11 +32,18 @@ USER_ERRORS = (UserError, train_lib.NonFiniteLossError)
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
+# Library warnings that are no news to our users: Orbax's for saves without metrics (only evaluation
+# saves carry BLEU) and for checkpoints opened read-only (eval / translate / score do so on purpose),
+# TFDS's for the builder config of a TSV corpus (custom by design).
+LIBRARY_NOTICES = ("did not provide metrics", "Given directory is read only", "Using custom data configuration")
+
+
 class _OrbaxMetricWarning(logging.Filter):
-    """Drops Orbax's warning for saves without metrics: only evaluation saves carry BLEU."""
+    """Drops the warnings of `LIBRARY_NOTICES`; every other warning stays visible."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        return not any(notice in message for notice in LIBRARY_NOTICES)
 
 
 class _DiskFullEcho(logging.Filter):

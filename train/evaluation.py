@@ -16,6 +16,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 
@@ -24,6 +25,7 @@ from jaxattn.models import collect_attention_weights
 from train import heatmaps, losses
 
 __all__ = [
+    "decode_lengths",
     "make_decode_fn",
     "corpus_scores",
     "eval_loss",
@@ -36,24 +38,88 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
+def decode_lengths(source_lengths: Any, decode_config: Any) -> Any:
+    """The most tokens (eos included) decoded for sources of `source_lengths` tokens (eos included).
+
+    min(floor(a * S + b), max_length), at least 1, with a, b, max_length =
+    `decode_config.max_length_a`, `.max_length_b`, `.max_length` (fairseq's max-len-a/b, per
+    sentence): an int or [B] ints (NumPy or JAX) -> the same shape, int32.
+    """
+    xp = jnp if isinstance(source_lengths, jax.Array) else np  # traced rows, or a static width
+    a, b = (xp.float32(decode_config.max_length_a), xp.float32(decode_config.max_length_b))
+    limit = xp.floor(a * xp.asarray(source_lengths, xp.float32) + b)
+    return xp.clip(limit, 1, decode_config.max_length).astype(xp.int32)
+
+
+# Below any real log-probability: beam_search fills n-best slots it could not fill with -1e9.
+_EMPTY_SLOT = -1.0e8
+
+
+def _within_limits(seqs: jax.Array, scores: jax.Array, limits: jax.Array, eos_id: int
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Per row, the hypotheses that end within the row's limit first, the others cut at it.
+
+    Args:
+      seqs: [B, k, T'] hypotheses, best first.
+      scores: [B, k] their scores.
+      limits: [B] most tokens per row (eos included), <= T'.
+
+    Returns:
+      (seqs [B, k, T'] reordered and zeroed from each row's limit on, scores [B, k] with -inf for
+      the cut hypotheses: a search bounded by the row's limit would not have found them).
+    """
+    steps = seqs.shape[-1]
+    is_eos = seqs == eos_id                                                  # [B, k, T']
+    length = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, steps)    # [B, k]
+    fits = (length <= limits[:, None]) & (scores > _EMPTY_SLOT)              # [B, k]
+    order = jnp.argsort(~fits, axis=1, stable=True)                          # [B, k]
+    seqs = jnp.take_along_axis(seqs, order[:, :, None], axis=1)              # [B, k, T']
+    scores = jnp.where(jnp.take_along_axis(fits, order, axis=1),
+                       jnp.take_along_axis(scores, order, axis=1), -jnp.inf)  # [B, k]
+    keep = jnp.arange(steps)[None, None, :] < limits[:, None, None]           # [B, 1, T']
+    return jnp.where(keep, seqs, 0), scores
+
+
 def make_decode_fn(
-    model: nn.Module, decode_config: Any, out_sharding: Any = None
-) -> Callable[[Any, Any], jax.Array]:
+    model: nn.Module, decode_config: Any, out_sharding: Any = None, *, return_all: bool = False
+) -> Callable[[Any, Any], Any]:
     """A jitted `fn(params, inputs [B, S]) -> tokens [B, T']` for `decode_config.strategy`.
 
-    `out_sharding` (e.g. replicated over the mesh) keeps the tokens readable on
-    every host of a multi-host run.
+    Each row yields at most `decode_lengths(its source tokens)` tokens. The search runs to the
+    bound of the padded width S (so one compilation per input shape; T' = that bound) and each
+    row is then cut at its own: exact for greedy search; beam search returns, per row, its best
+    hypothesis that ends within the row's bound, else its best cut at it.
+
+    Args:
+      model: the Flax model (its config gives the special ids).
+      decode_config: `config.decode` (strategy, beam_size, alpha, max_length, max_length_a/b).
+      out_sharding: e.g. replicated over the mesh, to keep the tokens readable on every host of a
+        multi-host run.
+      return_all: beam search only: return (tokens [B, k, T'], scores [B, k]) best first, scores
+        log P / lp(length) as `jaxattn.decoding.beam_search` ranks them (-inf for a hypothesis
+        cut at its row's bound).
     """
     cfg = model.config
-    common = dict(max_len=decode_config.max_length, bos_id=cfg.bos_id, eos_id=cfg.eos_id)
-    strategies = {
-        "greedy": functools.partial(decoding.greedy_decode, model, **common),
-        "beam": functools.partial(
-            decoding.beam_search, model, beam_size=decode_config.beam_size, alpha=decode_config.alpha, **common
-        ),
+    ids = dict(bos_id=cfg.bos_id, eos_id=cfg.eos_id)
+    beam = functools.partial(decoding.beam_search, model, beam_size=decode_config.beam_size,
+                             alpha=decode_config.alpha, return_all=True, **ids)
+    strategies = {  # (params, inputs, max_len) -> (tokens [B, k, T'], scores [B, k])
+        "greedy": lambda params, inputs, max_len: (
+            decoding.greedy_decode(model, params, inputs, max_len=max_len, **ids)[:, None],
+            jnp.zeros((inputs.shape[0], 1), jnp.float32)),
+        "beam": lambda params, inputs, max_len: beam(params, inputs, max_len=max_len),
     }
-    decode = strategies[decode_config.strategy]
-    return jax.jit(lambda params, inputs: decode(params, inputs), out_shardings=out_sharding)
+    if return_all and decode_config.strategy != "beam":
+        raise ValueError(f"return_all: needs decode_config.strategy 'beam', got {decode_config.strategy!r}")
+    search = strategies[decode_config.strategy]
+
+    def decode(params, inputs):
+        limits = decode_lengths(jnp.sum(inputs != cfg.pad_id, axis=1), decode_config)  # [B]
+        seqs, scores = search(params, inputs, int(decode_lengths(inputs.shape[1], decode_config)))
+        seqs, scores = _within_limits(seqs, scores, limits, cfg.eos_id)  # [B, k, T'], [B, k]
+        return (seqs, scores) if return_all else seqs[:, 0]
+
+    return jax.jit(decode, out_shardings=out_sharding)
 
 
 def is_exact(hypothesis: str, reference: str) -> bool:

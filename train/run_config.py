@@ -106,6 +106,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config.decode.beam_size >= 1, f"config.decode.beam_size: got {config.decode.beam_size}, expected >= 1")
     _require(config.decode.max_length >= 1,
              f"config.decode.max_length: got {config.decode.max_length}, expected >= 1")
+    for field in ("max_length_a", "max_length_b"):
+        _require(config.decode[field] >= 0, f"config.decode.{field}: got {config.decode[field]}, expected >= 0")
     family = config.model.family
     if config.scheduled_sampling.kind != "none":
         _require(family == "rnn",

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps, workdir_lock
+from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps, translation, workdir_lock
 from train.data import Tokenizers, load_tokenizers, make_datasets
 from train.errors import UserError
 
@@ -365,16 +365,9 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, checkpoint_nam
 
 def translate(config: ml_collections.ConfigDict, workdir: str, sentences: Sequence[str],
               checkpoint_name: str = "latest") -> list[str]:
-    """Translates `sentences` with the latest (or best) checkpoint in `workdir`."""
-    trained = load_trained(config, workdir, checkpoint_name)
-    if not sentences:
-        return []
-    tokenizers = trained.tokenizers
-    decode_fn = evaluation.make_decode_fn(trained.model, config.decode)
-    encoded = [tokenizers.source.encode(s) for s in sentences]
-    length = max(len(e) for e in encoded)
-    inputs = np.zeros((len(encoded), length), np.int32)                    # [B, S]
-    for i, e in enumerate(encoded):
-        inputs[i, : len(e)] = e
-    tokens = np.asarray(jax.device_get(decode_fn(trained.params, inputs)))  # [B, T']
-    return tokenizers.target.decode_batch(tokens)
+    """Translates `sentences` with the latest (or best) checkpoint in `workdir` ("" for a blank one).
+
+    Batched and sorted by length (`train.translation.Translator`, which also gives n-best lists
+    and scores), decoded as `--mode=eval` decodes.
+    """
+    return translation.Translator(load_trained(config, workdir, checkpoint_name)).translate(sentences)

@@ -7,6 +7,8 @@ r"""Train, evaluate and translate: `python -m train.translate`.
     python -m train.translate --workdir=runs/default --mode=translate \
         --sentence="forty two" --sentence="three hundred and seven"
     echo "nine thousand and one" | python -m train.translate --mode=translate
+    python -m train.translate --mode=translate --input_file=in.txt --output_file=out.txt --nbest=4
+    printf 'five\tfünf\n' | python -m train.translate --mode=score   # log P(target | source)
 
 A thin entry: flags -> config -> `train.train_lib` (which notebooks and tests
 import directly). Bad input ends with one `error: ...` line and exit status 1,
@@ -21,7 +23,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from train import cli, run_config, sharding, train_lib
+from train import cli, run_config, sharding, train_lib, translation
+from train.errors import UserError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "transformer.py")
 
@@ -35,11 +38,22 @@ except (AttributeError, KeyError) as _e:
           file=sys.stderr)
     sys.exit(1)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Run directory (vocabulary, checkpoints, metrics).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate"],
-                          "train (resumes automatically), eval a checkpoint, or translate sentences.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate", "score"],
+                          "train (resumes automatically), eval a checkpoint, translate sentences, or score "
+                          "source<TAB>target pairs (log-probabilities).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", list(train_lib.CHECKPOINT_CHOICES),
-                                "Checkpoint used by --mode=eval / translate.")
-_SENTENCES = flags.DEFINE_multi_string("sentence", [], "Sentence to translate (repeatable); default: stdin lines.")
+                                "Checkpoint used by --mode=eval / translate / score.")
+_SENTENCES = flags.DEFINE_multi_string("sentence", [], "Sentence to translate (repeatable); default: "
+                                       "--input_file, else stdin lines.")
+_INPUT_FILE = flags.DEFINE_string("input_file", "", "translate: sentences, one a line; score: source<TAB>target "
+                                  "lines. Default: stdin.")
+_OUTPUT_FILE = flags.DEFINE_string("output_file", "", "Where translate / score write, one line per input line "
+                                   "(replaced only when the run succeeds). Default: stdout.")
+_NBEST = flags.DEFINE_integer("nbest", 0, "translate: K > 0 prints K lines per input line, "
+                              "line<TAB>rank<TAB>score<TAB>translation (beam size max(K, decode.beam_size)).",
+                              lower_bound=0)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "translate / score: sentences per batch "
+                                   "(0 = config.data.eval_batch_size).", lower_bound=0)
 
 
 def _summary_line(summary: dict, split: str) -> str:
@@ -76,10 +90,30 @@ def _run() -> int:
         for split in summary["eval_splits"]:
             print(_summary_line(summary, split))
     else:
-        sentences = list(_SENTENCES.value) or [line.strip() for line in sys.stdin if line.strip()]
-        for source, target in zip(sentences, train_lib.translate(config, workdir, sentences, _CHECKPOINT.value)):
-            print(f"{source}\t{target}")
+        _translate_or_score(config, workdir)
     return 0
+
+
+def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """One output line per input line (`--nbest`: K), written only once all are computed."""
+    score = _MODE.value == "score"
+    if score and (_SENTENCES.value or _NBEST.value):
+        raise UserError("--sentence / --nbest: for --mode=translate; --mode=score reads source<TAB>target lines "
+                        "from --input_file or stdin")
+    if _SENTENCES.value and _INPUT_FILE.value:
+        raise UserError("--sentence, --input_file: got both, expected one of them (or stdin)")
+    translation.check_output_file(_OUTPUT_FILE.value)
+    lines = list(_SENTENCES.value) or translation.read_lines(_INPUT_FILE.value)
+    pairs = translation.parse_pairs(lines, _INPUT_FILE.value or "stdin") if score else None
+    translator = translation.Translator(train_lib.load_trained(config, workdir, _CHECKPOINT.value),
+                                        _BATCH_SIZE.value, progress=bool(_INPUT_FILE.value) and config.progress_bar)
+    if score:
+        out = translation.score_lines(translator.score(pairs))
+    elif _NBEST.value:
+        out = translation.nbest_lines(translator.nbest(lines, _NBEST.value))
+    else:
+        out = translator.translate(lines)
+    translation.write_lines(out, _OUTPUT_FILE.value)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.decode.strategy = "greedy"  # "greedy" or "beam"
     config.decode.beam_size = 4  # beam search width
     config.decode.alpha = 0.6  # beam length penalty ((5 + len) / 6) ** alpha (Wu et al. 2016)
-    config.decode.max_length = 64  # most target tokens generated (eos included)
+    config.decode.max_length = 64  # hard cap on the target tokens generated (eos included)
+    # Each sentence gets at most min(a * S + b, max_length) tokens, S = its source tokens (eos
+    # included), as fairseq's --max-len-a/b; 2 * S + 10 is above every reference of the embedded data
+    config.decode.max_length_a = 2.0  # a: output tokens allowed per source token
+    config.decode.max_length_b = 10  # b: output tokens allowed on top
     config.num_samples = 5  # sample translations logged and saved per evaluation
     config.num_heatmaps = 3  # attention heatmap PNGs written after training
     config.progress_bar = True  # tqdm progress bar (process 0)

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers",
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
+_SPACES = re.compile(" {2,}")
 _log = logging.getLogger(__name__)
 
 
@@ -88,14 +90,19 @@ class Tokenizer:
         return np.asarray(ids, dtype=np.int32)  # [L]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """[L] ids -> text; stops at the first eos and drops pad and bos."""
+        """[L] ids -> text; stops at the first eos and drops pad and bos.
+
+        Spaces come out as SentencePiece's normaliser lets them in: single, none leading or
+        trailing. A model may emit pieces that SentencePiece decodes to stray spaces: a lone "▁"
+        before "▁word" or at the end, and `<unk>`, which decodes to " ⁇ ".
+        """
         out = []
         for i in np.asarray(ids).reshape(-1).tolist():
             if i == EOS_ID:
                 break
             if i not in (PAD_ID, BOS_ID):
                 out.append(i)
-        return self._sp.decode(out)
+        return _SPACES.sub(" ", self._sp.decode(out)).strip(" ")
 
     def decode_batch(self, ids: np.ndarray) -> list[str]:
         """[B, L] ids -> B texts (see `decode`)."""
