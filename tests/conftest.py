@@ -10,6 +10,12 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# `python -m train.translate` keeps compiled programs in a persistent cache (default under ~/.cache);
+# the suite's subprocesses share one of their own instead, so tests never write to $HOME.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxattn-test-xla-cache-")
 
 import jax  # noqa: E402
 

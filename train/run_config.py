@@ -97,6 +97,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints", "grad_accum_steps"):
         _require(config[field] >= 1, f"config.{field}: got {config[field]}, expected >= 1")
+    _require(config.average_last_checkpoints <= max(config.keep_checkpoints, 1),
+             f"config.average_last_checkpoints: got {config.average_last_checkpoints}, expected at most "
+             f"config.keep_checkpoints={config.keep_checkpoints} (older checkpoints are deleted)")
+    _require(config.max_train_minutes >= 0,
+             f"config.max_train_minutes: got {config.max_train_minutes}, expected >= 0 (0 = no limit)")
     _require(config.warmup_steps >= 0, f"config.warmup_steps: got {config.warmup_steps}, expected >= 0")
     _require(config.learning_rate > 0, f"config.learning_rate: got {config.learning_rate}, expected > 0")
     _require(0.0 <= config.label_smoothing < 1.0,
@@ -192,7 +197,7 @@ DECODE_TIME_FIELDS = (
     "decode.", "data.eval_splits", "data.eval_max_examples", "data.eval_batch_size", "data.data_dir",
     "data.test_file",
     "data.test_source_file", "data.test_target_file", "num_samples", "num_heatmaps", "progress_bar",
-    "compute_dtype", "parallel", "distributed.", "compilation_cache_dir",
+    "compute_dtype", "parallel", "distributed.", "compilation_cache_dir", "average_last_checkpoints",
 )
 
 

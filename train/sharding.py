@@ -61,7 +61,11 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     """
     dist = config.distributed
     if dist.coordinator_address == "auto":
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # no cluster environment (Cloud TPU, SLURM, Open MPI) was detected
+            raise UserError(f"distributed.coordinator_address: 'auto' found no cluster to join ({e}); "
+                            "give the coordinator's host:port, num_processes and process_id") from None
     elif dist.coordinator_address:
         jax.distributed.initialize(
             coordinator_address=dist.coordinator_address,

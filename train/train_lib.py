@@ -22,15 +22,16 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps, translation, workdir_lock
-from train.data import Tokenizers, load_tokenizers, make_datasets
+from train.data import EOS_ID, Tokenizers, load_tokenizers, make_datasets
 from train.errors import UserError
 
 __all__ = ["NonFiniteLossError", "Trained", "train_and_evaluate", "evaluate", "load_trained", "translate"]
 
 _log = logging.getLogger(__name__)
-CHECKPOINT_CHOICES = ("latest", "best")
+CHECKPOINT_CHOICES = ("latest", "best", "average")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,9 +103,37 @@ def _restore(run: _Run, ckpt, step: int, data_iterator=None):
     return run.parallel.place_state(state), train_rng
 
 
+def _averaged(run: _Run, ckpt, step: int):
+    """The state of checkpoint `step` with the mean parameters of the last k checkpoints up to it.
+
+    k = `config.average_last_checkpoints` (Vaswani et al. 2017 sec. 6.1 average the last 5 checkpoints);
+    the mean is taken in float32 and kept as a running sum, so two states are in memory at a time.
+    """
+    k = run.config.average_last_checkpoints
+    chosen = [s for s in ckpt.steps() if s <= step][-k:]
+    total, state = None, None
+    for s in chosen:
+        state, _ = _restore(run, ckpt, s)
+        params = jax.tree.map(lambda x: x.astype(np.float32), state.params)
+        total = params if total is None else jax.tree.map(lambda a, b: a + b, total, params)
+    mean = jax.tree.map(lambda t, x: (t / len(chosen)).astype(x.dtype), total, state.params)
+    _log.info("Averaged the parameters of checkpoints %s", chosen)
+    return state.replace(params=mean)
+
+
+def _restore_named(run: _Run, ckpt, which: str) -> tuple[Any, int]:
+    """(state, step) of `--checkpoint=which`: "latest", "best", or "average" (of the last k up to latest)."""
+    step = _select_step(ckpt, "latest" if which == "average" else which)
+    if which == "average":
+        return _averaged(run, ckpt, step), step
+    return _restore(run, ckpt, step)[0], step
+
+
 def _evaluate_split(run: _Run, state, split: str, *, eval_fn, decode_fn, max_examples: int,
-                    step: int, tag: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                    step: int, tag: str, guard=None) -> tuple[dict[str, float], list[dict[str, Any]]]:
     eval_set = run.datasets.eval[split]
+    if guard is not None:  # a stop signal ends the evaluation at the next batch (`_EvalAborted`)
+        eval_set = dataclasses.replace(eval_set, batches=_Abortable(eval_set.batches, guard))
     # The eval step runs data-parallel (pmap: params with a device axis); decoding
     # runs on one copy of the parameters.
     sums = evaluation.eval_loss(eval_fn, state.params, eval_set.batches, run.parallel)
@@ -126,13 +155,14 @@ def _evaluate_split(run: _Run, state, split: str, *, eval_fn, decode_fn, max_exa
     return scalars, rows
 
 
-def _final_evaluation(run: _Run, state, step: int, writer) -> dict[str, Any]:
+def _final_evaluation(run: _Run, state, step: int, writer, guard=None) -> dict[str, Any]:
     eval_fn, decode_fn = run.eval_fns
     summary = {"eval_splits": list(run.datasets.eval)}
+    _log.info("Final evaluation of step %d on %s", step, summary["eval_splits"])
     rows = []
     for split in run.datasets.eval:
         scalars, rows = _evaluate_split(run, state, split, eval_fn=eval_fn, decode_fn=decode_fn,
-                                        max_examples=0, step=step, tag="final")
+                                        max_examples=0, step=step, tag="final", guard=guard)
         writer.write_scalars(step, scalars)
         summary.update(scalars)
     if run.config.num_heatmaps > 0 and rows and jax.process_index() == 0:
@@ -219,16 +249,95 @@ class _TrainHistory:
         self._bar.set_postfix(loss=f"{scalars['train/nll']:.3f}", tok_s=f"{scalars['train/tokens_per_sec']:.0f}")
 
 
+class _EvalAborted(Exception):
+    """A stop signal arrived during an evaluation: its results are dropped."""
+
+
+class _Abortable:
+    """Eval batches that stop being produced once `guard` has seen a signal."""
+
+    def __init__(self, batches, guard):
+        self._batches, self._guard = batches, guard
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self):
+        for batch in self._batches:
+            if self._guard.should_stop():
+                raise _EvalAborted
+            yield batch
+
+
+class _Budget:
+    """When training ends: steps, wall-clock minutes or epochs, whichever binds first.
+
+    The epoch budget is the data stream's (`data.num_epochs`: its iterator ends).
+    `estimate_total` is the step at which the binding budget is expected to end,
+    for the progress bar and its ETA.
+    """
+
+    def __init__(self, config, start_step: int, num_train_examples: int):
+        self.max_steps = config.num_train_steps
+        self.max_seconds = 60.0 * config.max_train_minutes if config.max_train_minutes > 0 else None
+        self.epochs = config.data.num_epochs
+        self._examples = num_train_examples
+        self._start_step = start_step
+        self._start = time.time()
+        self._rows = 0  # real (non-padding) training pairs seen since the start
+        self.reason = ""
+
+    def add_rows(self, rows: int) -> None:
+        self._rows += rows
+
+    def time_up(self, log_step: bool) -> bool:
+        """Checked after every step; with several hosts only at log steps, where process 0's clock
+        decides for all (every host must stop at the same step)."""
+        if self.max_seconds is None:
+            return False
+        up = time.time() - self._start >= self.max_seconds
+        if jax.process_count() > 1:
+            up = log_step and bool(multihost_utils.broadcast_one_to_all(np.asarray(up)))
+        return up
+
+    def estimate_total(self, step: int) -> int:
+        total = self.max_steps
+        done = step - self._start_step
+        if done > 0 and self.max_seconds is not None:
+            per_step = (time.time() - self._start) / done
+            total = min(total, step + max(0, int((self.max_seconds - (time.time() - self._start)) / per_step)))
+        if done > 0 and self.epochs > 0 and self._rows > 0:
+            # Resumed runs count from the restore; an estimate, the iterator's end is exact.
+            total = min(total, self._start_step + int(self.epochs * self._examples * done / self._rows))
+        return max(total, step)
+
+
+def _first_compile(train_step, state, batch, rng, shapes_seen: set) -> tuple[Any, Any, float | None]:
+    """Runs one step; the first time a batch shape is seen, waits for it and returns its time."""
+    shape = tuple(batch["targets"].shape)
+    if shape in shapes_seen:
+        return (*train_step(state, batch, rng), None)
+    shapes_seen.add(shape)
+    start = time.time()
+    state, step_metrics = train_step(state, batch, rng)
+    jax.block_until_ready(step_metrics)
+    return state, step_metrics, time.time() - start
+
+
 def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
     config, parallel = run.config, run.parallel
     train_iter = iter(run.datasets.train)
     latest = ckpt.latest_step()
+    tick = time.time()
     if latest is not None:
         state, rng = _restore(run, ckpt, latest, train_iter)
     else:
         init_rng, rng = jax.random.split(sharding.global_rng(config.seed))
         state = parallel.create_state(run.init_fn, init_rng)
-        rng = jax.device_put(rng, parallel.rng_sharding)
+        # From host data: a device array put on a multi-process sharding has broken shards.
+        rng = jax.device_put(np.asarray(rng), parallel.rng_sharding)
+    jax.block_until_ready(state)
+    init_seconds = time.time() - tick
     run_config.save_config(config, run.workdir)
     shapes = jax.eval_shape(run.init_fn, sharding.global_rng(config.seed))  # no device-to-host copy
     step = int(parallel.fetch(state.step))
@@ -246,9 +355,13 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
     placed_rng = parallel.put_rng(rng)
     val_split = next(iter(run.datasets.eval))  # the first eval split is validation
     last_good, interrupted = latest, False
+    budget = _Budget(config, step, run.datasets.num_train_examples)
     show = config.progress_bar and jax.process_index() == 0
-    bar = tqdm.tqdm(total=config.num_train_steps, initial=step, disable=not show, unit="step", dynamic_ncols=True)
+    bar = tqdm.tqdm(total=budget.estimate_total(step), initial=step, disable=not show, unit="step",
+                    dynamic_ncols=True)
     history = _TrainHistory(parallel, writer, bar)
+    shapes_seen: set = set()
+    first_step_logged = False
 
     def sync():
         history.sync(step, f"the last good checkpoint is step {last_good} in {ckpt.manager.directory}")
@@ -262,22 +375,49 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
         _log.info("Saving checkpoint %d (async) to %s", step, ckpt.manager.directory)
 
     with checkpoint.PreemptionGuard() as guard:
+        pending = None  # the metrics of the step in flight: at most two steps are queued
         while step < config.num_train_steps:
-            batch = next(train_iter)
-            state, step_metrics = train_step(state, parallel.put_batch(batch), placed_rng)
+            try:
+                batch = next(train_iter)
+            except StopIteration:
+                budget.reason = f"data.num_epochs={config.data.num_epochs} epochs done"
+                break
+            state, step_metrics, compile_seconds = _first_compile(
+                train_step, state, parallel.put_batch(batch), placed_rng, shapes_seen)
+            if compile_seconds is not None:
+                _log.info("Compiled the train step for batch %s in %.1fs", list(batch["targets"].shape),
+                          compile_seconds)
+            if not first_step_logged:
+                first_step_logged = True
+                timings = run.datasets.timings
+                _log.info("Start-up: %.1fs to the first step (data %.1fs, vocabulary %.1fs, init/restore %.1fs, "
+                          "first step incl. compile %.1fs)", time.time() - start_time, timings.get("data", 0.0),
+                          timings.get("vocabulary", 0.0), init_seconds, compile_seconds or 0.0)
+            if pending is not None:
+                jax.block_until_ready(pending)  # the previous step is done: bound the queue, honest bar
+                bar.update(1)
+            pending = step_metrics
+            budget.add_rows(int(np.count_nonzero(batch["targets"] == EOS_ID)))  # pairs, packed or not
             step += 1
-            bar.update(1)
             history.append(step_metrics)
             if step % config.log_every_steps == 0:
                 sync()
                 history.write(step)
-            if step % config.eval_every_steps == 0 and step < config.num_train_steps:
+                bar.total = budget.estimate_total(step)
+                bar.refresh()
+            if budget.time_up(step % config.log_every_steps == 0):
+                budget.reason = f"max_train_minutes={config.max_train_minutes:g} reached"
+            if step % config.eval_every_steps == 0 and step < config.num_train_steps and not budget.reason:
                 sync()
-                scalars, _ = _evaluate_split(run, state, val_split, eval_fn=eval_fn, decode_fn=decode_fn,
-                                             max_examples=config.eval_decode_examples, step=step,
-                                             tag=f"step{step}")
-                writer.write_scalars(step, scalars)
-                save({"bleu": scalars[f"{val_split}/bleu"]})
+                try:
+                    scalars, _ = _evaluate_split(run, state, val_split, eval_fn=eval_fn, decode_fn=decode_fn,
+                                                 max_examples=config.eval_decode_examples, step=step,
+                                                 tag=f"step{step}", guard=guard)
+                except _EvalAborted:
+                    _log.info("Evaluation at step %d aborted by %s", step, guard.signal_name)
+                else:
+                    writer.write_scalars(step, scalars)
+                    save({"bleu": scalars[f"{val_split}/bleu"]})
             elif step % config.checkpoint_every_steps == 0 and step < config.num_train_steps:
                 save()  # the last step is saved after the final evaluation, with its BLEU
             if guard.should_stop():
@@ -286,15 +426,37 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
                     save()
                 interrupted = True
                 break
+            if budget.reason:
+                break
+        if pending is not None:
+            jax.block_until_ready(pending)
+            bar.update(1)
         sync()
         history.write(step)
+        bar.total = step
         bar.close()
-        ckpt.wait()
+        if budget.reason:
+            _log.info("Training stopped at step %d: %s", step, budget.reason)
+        if not interrupted:
+            try:
+                final_state = state
+                if config.average_last_checkpoints > 1:  # the final state joins the average
+                    if last_good != step:
+                        save()
+                    ckpt.wait()
+                    final_state = _averaged(run, ckpt, step)
+                summary = _final_evaluation(run, final_state, step, writer, guard)
+            except _EvalAborted:
+                _log.info("Final evaluation aborted by %s; saving step %d without it", guard.signal_name, step)
+                interrupted = True
         if interrupted:
+            if last_good != step:
+                save()
+            ckpt.wait()
             return {"step": step, "wall_time": time.time() - start_time, "interrupted": True}
-        summary = _final_evaluation(run, state, step, writer)
         if last_good != step:
             save({"bleu": summary[f"{val_split}/bleu"]})
+        ckpt.wait()
     summary.update(step=step, wall_time=time.time() - start_time, interrupted=False, workdir=run.workdir)
     return summary
 
@@ -319,9 +481,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: s
     """Evaluates a trained checkpoint on every eval split of its data (writes samples)."""
     ckpt = _open_checkpoints(workdir)
     try:
-        step = _select_step(ckpt, checkpoint_name)
+        _select_step(ckpt, "latest" if checkpoint_name == "average" else checkpoint_name)  # before data prep
         run, _ = _prepare(config, workdir)
-        state, _ = _restore(run, ckpt, step)
+        state, step = _restore_named(run, ckpt, checkpoint_name)
         writer = metrics.MetricWriter(workdir)
         try:
             summary = _final_evaluation(run, state, step, writer)
@@ -345,7 +507,7 @@ class Trained:
 
 
 def load_trained(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: str = "latest") -> Trained:
-    """Restores the latest (or best) checkpoint in `workdir` on one device.
+    """Restores the latest, best or averaged (`CHECKPOINT_CHOICES`) checkpoint in `workdir` on one device.
 
     Notebooks use it after `train_and_evaluate` to look inside the model:
     `trained.model.apply({"params": trained.params}, inputs, targets)`.
@@ -354,10 +516,10 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, checkpoint_nam
     run_config.check_workdir(config, workdir)
     ckpt = _open_checkpoints(workdir)
     try:
-        step = _select_step(ckpt, checkpoint_name)
+        _select_step(ckpt, "latest" if checkpoint_name == "average" else checkpoint_name)  # before the vocabulary
         tokenizers = load_tokenizers(os.path.join(workdir, "vocab"), shared=config.data.shared_vocab)
         run = _build(config, workdir, tokenizers, parallel=sharding.MeshParallel(jax.devices()[:1]))
-        state, _ = _restore(run, ckpt, step)
+        state, step = _restore_named(run, ckpt, checkpoint_name)
     finally:
         ckpt.close()
     return Trained(config, run.model, state.params, tokenizers, step)

@@ -72,9 +72,17 @@ def _mode_config() -> ml_collections.ConfigDict:
         _CONFIG.value if config_flag.present else None)
 
 
+def _use_compilation_cache(config: ml_collections.ConfigDict) -> None:
+    """JAX's persistent compilation cache: a second launch skips most XLA compiles."""
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(config.compilation_cache_dir)
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 def _run() -> int:
     workdir = _WORKDIR.value
     config = _mode_config()
+    _use_compilation_cache(config)
     if config.distributed.coordinator_address:
         if jax.config.jax_platforms in (None, "", "cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")

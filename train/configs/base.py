@@ -17,8 +17,14 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # --- Run ---------------------------------------------------------------------------------
     config.seed = 0  # parameter init and dropout; with data.seed it fixes the whole run
+    # Budgets: training ends at whichever binds first, then evaluates and saves.
     config.num_train_steps = 2000  # optimizer steps (micro-steps with grad_accum_steps > 1)
+    config.max_train_minutes = 0.0  # wall-clock minutes of training (this launch); 0 = no limit
+    # (epochs: data.num_epochs, passes over the training data; 0 = no limit)
     config.compute_dtype = "float32"  # "float32" or "bfloat16" activations; params stay float32
+    # XLA programs compiled by `python -m train.translate` are kept here and reused by later launches
+    # (JAX's persistent compilation cache; $JAX_COMPILATION_CACHE_DIR wins); "" = off
+    config.compilation_cache_dir = "~/.cache/jaxattn/xla"
     config.parallel = "jit"  # "jit": Mesh + NamedSharding over all devices; "pmap": jax.pmap
     config.distributed = ml_collections.ConfigDict()
     # "" = single process; "auto" = detect (Cloud TPU, SLURM, MPI); else "host:port" of process 0
@@ -64,4 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # --- Checkpoints (Orbax) ---------------------------------------------------------------
     config.checkpoint_every_steps = 500  # asynchronous save every N steps (and at the end)
     config.keep_checkpoints = 2  # latest checkpoints kept; the best by validation BLEU is kept too
+    # k > 1: the final evaluation (and --checkpoint=average) uses the mean parameters of the last k
+    # checkpoints (Vaswani et al. 2017 sec. 6.1: last 5); needs keep_checkpoints >= k
+    config.average_last_checkpoints = 0
     return config

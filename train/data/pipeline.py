@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import grain
@@ -61,6 +62,8 @@ class Datasets:
         tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
         batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
         num_train_examples: training pairs of this process's slice (before the length policy).
+        timings: seconds spent preparing the data ("data") and the vocabulary ("vocabulary").
+        long_pairs: {split: (pairs over the length limits, pairs counted)} (process 0 only).
     """
 
     train: grain.IterDataset
@@ -68,6 +71,8 @@ class Datasets:
     tokenizers: Tokenizers
     batch_shapes: tuple[tuple[int, int], ...]
     num_train_examples: int
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    long_pairs: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def _files(*paths: str) -> tuple[str, ...]:
@@ -195,6 +200,53 @@ def _sample_texts(reader: catalog.PairReader, side: int, limit: int) -> list[str
             for pair in reader.read(index[start:start + _CHUNK])]
 
 
+_LENGTH_SAMPLE = 100_000  # training pairs whose lengths are counted at start-up (evenly spaced)
+
+
+def _long_pairs(pairs: Sequence[tuple[str, str]], tokenizers: Tokenizers,
+                config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(pairs with a source over max_source_length, a target over max_target_length, either)."""
+    source_long = target_long = either = 0
+    for source, target in pairs:
+        s = len(tokenizers.source.encode(source)) > config.max_source_length
+        t = len(tokenizers.target.encode(target)) > config.max_target_length
+        source_long, target_long, either = source_long + s, target_long + t, either + (s or t)
+    return source_long, target_long, either
+
+
+def _log_lengths(config: ml_collections.ConfigDict, tokenizers: Tokenizers, train_reader: catalog.PairReader,
+                 evals: Mapping[str, EvalSet]) -> dict[str, tuple[int, int]]:
+    """Logs how many pairs of each split the length limits filter or truncate.
+
+    Returns:
+        {split: (pairs over a limit, pairs counted)}; the training split is counted on an evenly
+        spaced sample of at most `_LENGTH_SAMPLE` pairs.
+    """
+    n = len(train_reader)
+    index = np.arange(n) if n <= _LENGTH_SAMPLE else np.linspace(0, n - 1, _LENGTH_SAMPLE).astype(np.int64)
+    train_pairs = [pair for start in range(0, len(index), _CHUNK)
+                   for pair in train_reader.read(index[start:start + _CHUNK])]
+    counts = {config.train_split: (_long_pairs(train_pairs, tokenizers, config), len(train_pairs))}
+    for split, e in evals.items():  # eval truncates sources only: references are scored whole
+        source_long = _long_pairs(e.pairs, tokenizers, config)[0]
+        counts[split] = ((source_long, 0, source_long), len(e.pairs))
+    limits = f"max_source_length={config.max_source_length}, max_target_length={config.max_target_length}"
+    for split, ((source_long, target_long, either), total) in counts.items():
+        if not either:
+            continue
+        if split == config.train_split:
+            what = ("filtered out (data.length_policy='filter')" if config.length_policy == "filter"
+                    else "truncated (data.length_policy='truncate')")
+            sample = f" (counted on {total:,} of {n:,} pairs)" if total < n else ""
+        else:
+            what, sample = "sources truncated (evaluation keeps every pair; references are scored whole)", ""
+        _log.info("Lengths, %s: %d of %d pairs (%.1f%%) exceed %s (%d sources, %d targets): %s%s; "
+                  "raise data.max_source_length / data.max_target_length to keep them",
+                  split, either, total, 100 * either / max(total, 1), limits, source_long, target_long, what,
+                  sample)
+    return {split: (c[0][2], c[1]) for split, c in counts.items()}
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
     if config.length_policy not in batching.LENGTH_POLICIES:
         raise UserError(f"length_policy: got {config.length_policy!r}, expected one of "
@@ -286,18 +338,23 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] < max_length:
         raise UserError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
 
+    tick = time.time()
     sources, source_key, target_key, dataset_id = load_dataset(config)
     eval_names = [split for split in sources if split != config.train_split]
     readers = {split: catalog.PairReader(source, source_key, target_key)
                for split, source in sources.items()}
     train_reader = readers[config.train_split]
     limit = config.vocab_max_sentences
+    timings = {"data": time.time() - tick}
+    tick = time.time()
     tokenizers = load_or_train_tokenizers(
         os.path.join(workdir, "vocab"), shared=config.shared_vocab, vocab_size=config.vocab_size,
         model_type=config.vocab_model_type, character_coverage=config.character_coverage,
         dataset_id=dataset_id,
         source_texts=lambda: _sample_texts(train_reader, 0, limit),
         target_texts=lambda: _sample_texts(train_reader, 1, limit))
+    timings["vocabulary"] = time.time() - tick
+    tick = time.time()
 
     encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
                      config.length_policy)
@@ -308,8 +365,10 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
                           "truncate")
     evals = {split: _eval_set(config, readers[split], eval_encode, lengths)
              for split in eval_names}
+    long_pairs = _log_lengths(config, tokenizers, train_reader, evals) if process_index == 0 else {}
+    timings["data"] += time.time() - tick
     _log.info("Data %s: %d training pairs on process %d/%d, batch shapes %s, V=%d/%d", dataset_id,
               num_train, process_index, process_count, shapes, tokenizers.source.vocab_size,
               tokenizers.target.vocab_size)
     return Datasets(train=train, eval=evals, tokenizers=tokenizers, batch_shapes=shapes,
-                    num_train_examples=num_train)
+                    num_train_examples=num_train, timings=timings, long_pairs=long_pairs)

@@ -1,0 +1,115 @@
+"""Budgets (steps, wall-clock minutes, epochs), stopping on signals, checkpoint averaging, start-up log."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from test_train_e2e import _params, tiny
+from train import data, train_lib
+from train.configs import transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplog):
+    config = tiny(transformer, data_dir, num_train_steps=10_000, max_train_minutes=0.02)  # ~1 s
+    with caplog.at_level(logging.INFO, logger="train"):
+        summary = train_lib.train_and_evaluate(config, str(tmp_path))
+    step = summary["step"]
+    assert 1 <= step < 10_000 and not summary["interrupted"]
+    assert np.isfinite(summary["test/loss"]) and "test/bleu" in summary
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"Training stopped at step {step}: max_train_minutes=0.02 reached" in m for m in messages)
+    assert any(m.startswith("Start-up: ") and "data " in m and "vocabulary " in m and "init/restore " in m
+               for m in messages)
+    assert any(m.startswith("Compiled the train step for batch [8, 24] in ") for m in messages)
+    assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", str(step)))
+
+
+def test_epoch_budget_is_one_pass_over_the_data(tmp_path, data_dir):
+    config = tiny(transformer, data_dir, num_train_steps=10_000)
+    config.data.num_epochs = 1
+    batches = sum(1 for _ in data.make_datasets(config.data, str(tmp_path / "count"), process_index=0,
+                                                process_count=1).train)
+    summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["step"] == batches and not summary["interrupted"]
+
+
+def test_average_of_the_last_checkpoints(tmp_path, data_dir, caplog):
+    config = tiny(transformer, data_dir, num_train_steps=6, checkpoint_every_steps=2, eval_every_steps=100,
+                  keep_checkpoints=3, average_last_checkpoints=3)
+    workdir = str(tmp_path)
+    with caplog.at_level(logging.INFO, logger="train"):
+        train_lib.train_and_evaluate(config, workdir)
+    assert any("Averaged the parameters of checkpoints [2, 4, 6]" in r.getMessage() for r in caplog.records)
+    expected = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *(_params(workdir, s) for s in (2, 4, 6)))
+    averaged = train_lib.load_trained(config, workdir, "average")
+    assert averaged.step == 6
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), averaged.params, expected)
+    latest = train_lib.load_trained(config, workdir, "latest").params
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(latest), jax.tree.leaves(expected)))
+    config.average_last_checkpoints = 4
+    with pytest.raises(ValueError, match="config.average_last_checkpoints: got 4, expected at most"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+def _cli(workdir, data_dir, *flags):
+    """`python -m train.translate` at test size, its stderr readable line by line."""
+    args = [sys.executable, "-m", "train.translate", f"--workdir={workdir}", "--config.data.dataset=number_words/tiny",
+            f"--config.data.data_dir={data_dir}", "--config.data.vocab_size=48", "--config.model.emb_dim=16",
+            "--config.model.num_heads=2", "--config.model.mlp_dim=16", "--config.model.num_encoder_layers=1",
+            "--config.model.num_decoder_layers=1", "--config.data.bucket_lengths=24",
+            "--config.data.max_source_length=24", "--config.data.max_target_length=24",
+            "--config.data.tokens_per_batch=192", "--config.progress_bar=false", *flags]
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, marker: str) -> list[str]:
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError(f"{marker!r} never logged: {''.join(lines[-20:])}")
+
+
+def test_sigint_stops_within_a_step_and_saves(tmp_path, data_dir):
+    proc = _cli(tmp_path / "run", data_dir, "--config.num_train_steps=100000", "--config.log_every_steps=1",
+                "--config.eval_every_steps=100000", "--config.checkpoint_every_steps=100000")
+    lines = _wait_for(proc, "Compiled the train step")
+    time.sleep(2)  # steps are completing
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    out, err = proc.communicate(timeout=120)
+    lines += err.splitlines()
+    assert proc.returncode == 0, err[-2000:]
+    stopped = [line for line in lines if "Received SIGINT: saving step" in line]
+    assert len(stopped) == 1 and "Interrupted at step" in out
+    step = int(stopped[0].split("saving step ")[1].split()[0])
+    assert os.path.isdir(tmp_path / "run" / "checkpoints" / str(step))
+    assert time.time() - sent < 60  # a step, a save and the exit; no evaluation ran
+    assert not any("Final evaluation" in line for line in lines)
+
+
+def test_sigint_during_the_final_evaluation_aborts_it(tmp_path, data_dir):
+    proc = _cli(tmp_path / "run", data_dir, "--config.num_train_steps=2", "--config.data.eval_max_examples=0",
+                "--config.data.eval_batch_size=8", "--config.decode.strategy=beam", "--config.decode.max_length=64")
+    _wait_for(proc, "Final evaluation of step 2")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Final evaluation aborted by SIGINT; saving step 2" in err and "Interrupted at step 2" in out
+    assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
