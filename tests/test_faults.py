@@ -434,3 +434,9 @@ def test_overlong_lines_are_skipped_and_counted(tmp_path, caplog):
     config.data.update(eval_holdout=0, eval_file=str(tsv), data_dir=str(tmp_path / "tfds2"))
     with pytest.raises(UserError, match=r"no usable .*longer than 2000 chars': 1"):
         make_datasets(config.data, str(tmp_path / "run2"))
+
+    # Short enough in characters, too long in tokens for every pair: refused, not an endless search.
+    tsv.write_text("".join(f"{'eins zwei drei ' * 20}{i}\tone two three {i}\n" for i in range(8)))
+    config.data.update(data_dir=str(tmp_path / "tfds3"))
+    with pytest.raises(UserError, match=r"all 8 training pairs are longer than 24 / 24 tokens"):
+        make_datasets(config.data, str(tmp_path / "run3"))

@@ -366,6 +366,12 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     evals = {split: _eval_set(config, readers[split], eval_encode, lengths)
              for split in eval_names}
     long_pairs = _log_lengths(config, tokenizers, train_reader, evals) if process_index == 0 else {}
+    over, counted = long_pairs.get(config.train_split, (0, 0))
+    if config.length_policy == "filter" and 0 < over == counted == len(train_reader):
+        # Every pair would be filtered out: the repeating training stream would search forever.
+        raise UserError(f"max_source_length, max_target_length: all {counted} training pairs are longer than "
+                        f"{config.max_source_length} / {config.max_target_length} tokens, nothing is left to "
+                        "train on; raise them or set data.length_policy='truncate'")
     timings["data"] += time.time() - tick
     _log.info("Data %s: %d training pairs on process %d/%d, batch shapes %s, V=%d/%d", dataset_id,
               num_train, process_index, process_count, shapes, tokenizers.source.vocab_size,
