@@ -354,7 +354,7 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
     eval_fn, decode_fn = run.eval_fns
     placed_rng = parallel.put_rng(rng)
     val_split = next(iter(run.datasets.eval))  # the first eval split is validation
-    last_good, interrupted = latest, False
+    last_good, interrupted = (step if latest is not None else None), False  # the restored step (after any fallback)
     budget = _Budget(config, step, run.datasets.num_train_examples)
     show = config.progress_bar and jax.process_index() == 0
     bar = tqdm.tqdm(total=budget.estimate_total(step), initial=step, disable=not show, unit="step",

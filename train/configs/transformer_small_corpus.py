@@ -1,7 +1,7 @@
 r"""A recipe for your own small corpus: 50k-500k short pairs, one CPU or one GPU.
 
 Sized for software strings, subtitles, phrasebooks (~5-20 words a side): a shared
-6k SentencePiece vocabulary, a pre-LN Transformer (D 128, F 512, 3+3 layers, 2.6M
+6k SentencePiece vocabulary, a pre-LN Transformer (D 128, F 512, 3+3 layers, 2.2M
 parameters with V 6000), token batches, and a wall-clock budget instead of a step
 count: training stops after `max_train_minutes` (or `data.num_epochs` passes, or
 `num_train_steps`, whichever comes first), then the mean of the last 5 checkpoints
