@@ -10,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxattn
+from jaxattn.scores import location_score
 
 B, T, S, DQ, DK, A = 3, 5, 7, 11, 13, 9
 
@@ -50,9 +51,19 @@ class HandComputedTest(chex.TestCase):
         got = self.variant(jaxattn.concat_score)(self.q, self.k, v, w_q, w_k)
         np.testing.assert_allclose(got, want, rtol=1e-6)
         # Pre-projected keys (w_key=None) give the same energies.
-        uk = jnp.einsum("BSD,DA->BSA", self.k, w_k)
+        uk = jnp.einsum("BSC,CA->BSA", self.k, w_k)
         got = self.variant(jaxattn.additive_score)(self.q, uk, v, w_q, None)
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_location(self):
+        w = jnp.array([[1.0, 0.0, 5.0], [0.0, -1.0, 5.0]])  # W_a for L = 3 source positions
+        got = self.variant(location_score)(self.q, self.k, w)
+        chex.assert_shape(got, (1, 1, 2))  # S = 2 keys: the first 2 columns of W_a
+        np.testing.assert_allclose(got, [[[1.0, -2.0]]])  # [1*1+2*0, 1*0+2*-1]
+        # The keys' contents do not matter, only their number.
+        got = self.variant(location_score)(self.q, 7.0 * self.k, w)
+        np.testing.assert_allclose(got, [[[1.0, -2.0]]])
 
 
 def _loop_additive(q, k, v, wq, wk):
@@ -92,6 +103,11 @@ class OddSizesTest(chex.TestCase):
         got = self.variant(jaxattn.dot_score)(q, k[..., :DQ])
         chex.assert_shape(got, (B, T, S))
         np.testing.assert_allclose(got, _loop_general(q, k[..., :DQ], np.eye(DQ)), atol=1e-5)
+        w_location = _normal(6, (DQ, S + 4))  # L = S + 4: the first S columns are read
+        got = self.variant(location_score)(q, k, w_location)
+        chex.assert_shape(got, (B, T, S))
+        want = np.einsum("btq,qs->bts", np.asarray(q), np.asarray(w_location)[:, :S])
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_scaled_dot_product_gqa(self):
@@ -112,9 +128,19 @@ class OddSizesTest(chex.TestCase):
         assert jaxattn.scaled_dot_product_score(q, k).dtype == jnp.float32
 
     def test_luong_registry(self):
-        assert jaxattn.LUONG_SCORES == {
-            "dot": jaxattn.dot_score, "general": jaxattn.general_score,
-            "concat": jaxattn.concat_score}
+        energies = {name: score.energy for name, score in jaxattn.LUONG_SCORES.items()}
+        assert energies == {"dot": jaxattn.dot_score, "general": jaxattn.general_score,
+                            "concat": jaxattn.concat_score, "location": location_score}
+        q, c, a, length = 3, 4, 5, 7
+        query, keys = _normal(10, (2, 1, q)), _normal(11, (2, 6, c))
+        for name, score in jaxattn.LUONG_SCORES.items():
+            shapes = score.weight_shapes(q, c, a, length)
+            weights = {kw: _normal(12 + i, shape) for i, (kw, shape) in enumerate(shapes.items())}
+            keys_ = keys[..., :q] if name == "dot" else keys  # dot: one width for both
+            # The declared shapes are the ones the energy accepts; the entry calls the energy.
+            chex.assert_shape(score(query, keys_, **weights), (2, 1, 6))
+            np.testing.assert_array_equal(score(query, keys_, **weights),
+                                          score.energy(query, keys_, **weights))
 
 
 def test_check_grads_every_score():
@@ -127,6 +153,7 @@ def test_check_grads_every_score():
         check_grads(jax.jit(jaxattn.concat_score), (q, k, v, wq, wk), **kw)
         check_grads(jax.jit(jaxattn.general_score), (q, k, w), **kw)
         check_grads(jax.jit(jaxattn.dot_score), (q, k[..., :5]), **kw)
+        check_grads(jax.jit(location_score), (q, k, f64(8, (5, 6))), **kw)
         check_grads(jax.jit(jaxattn.scaled_dot_product_score),
                     (f64(6, (2, 3, 4, 5)), f64(7, (2, 4, 2, 5))), **kw)
 
@@ -135,8 +162,8 @@ _q, _k = jnp.zeros((2, 3, 5)), jnp.zeros((2, 4, 7))
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: jaxattn.dot_score(jnp.zeros((3, 5)), _k), r"query: expected shape \[B, T, Dq\], got \[3, 5\]"),
-    (lambda: jaxattn.dot_score(_q, jnp.zeros((3, 4, 5))), r"keys: expected shape \[2, S, Dk\], got \[3, 4, 5\]"),
+    (lambda: jaxattn.dot_score(jnp.zeros((3, 5)), _k), r"query: expected shape \[B, T, Q\], got \[3, 5\]"),
+    (lambda: jaxattn.dot_score(_q, jnp.zeros((3, 4, 5))), r"keys: expected shape \[2, S, C\], got \[3, 4, 5\]"),
     (lambda: jaxattn.dot_score(_q, _k), r"keys: expected shape \[2, 4, 5\] .*got \[2, 4, 7\]"),
     (lambda: jaxattn.general_score(_q, _k, jnp.zeros((7, 5))), r"w: expected shape \[5, 7\], got \[7, 5\]"),
     (lambda: jaxattn.additive_score(_q, _k, jnp.zeros((3,)), jnp.zeros((5, 4)), jnp.zeros((7, 3))),
@@ -145,6 +172,9 @@ _q, _k = jnp.zeros((2, 3, 5)), jnp.zeros((2, 4, 7))
      "w_key: is None so the input must already have the attention width A=3 .* got last axis 7"),
     (lambda: jaxattn.additive_score(_q, _k, jnp.zeros((3, 1)), None, None), r"v: expected shape \[A\], got \[3, 1\]"),
     (lambda: jaxattn.concat_score(_q, _k, jnp.zeros((3,)), None, jnp.zeros((7, 3))), "w_query, w_key"),
+    (lambda: location_score(_q, _k, jnp.zeros((4, 9))), r"w: expected shape \[5, L\], got \[4, 9\]"),
+    (lambda: location_score(_q, _k, jnp.zeros((5, 3))),
+     r"keys: location_score has weights for L=3 source positions .* got S=4"),
     (lambda: jaxattn.scaled_dot_product_score(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4, 5))),
      r"query: expected shape \[B, T, N, H\], got \[2, 3, 4\]"),
     (lambda: jaxattn.scaled_dot_product_score(jnp.zeros((2, 3, 4, 5)), jnp.zeros((2, 3, 4, 6))),
