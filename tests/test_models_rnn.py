@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from model_params import fit, numpy_init, toy_batch
 
-from jaxattn.models import RNNConfig, build_model
+from jaxattn import LUONG_SCORES
+from jaxattn.models import ATTENTIONS, RNNConfig, build_model
 
 V = 13
 VARIANTS = {
@@ -20,10 +21,14 @@ VARIANTS = {
     "luong-general-gru-bi": dict(attention="luong", score="general", cell="gru"),
     "luong-concat-gru-bi": dict(attention="luong", score="concat", cell="gru",
                                 decoder_hidden_size=24),
+    # W_a covers 12 source positions: the toy batch's 7, and 11 once padded by 4.
+    "luong-location-gru": dict(attention="luong", score="location", cell="gru", bidirectional=False,
+                               max_source_length=12),
 }
 # Variants every property test runs on (each adds compile time); the overfit test
 # covers the remaining one.
-PROPERTY_VARIANTS = ["none-lstm-bi", "bahdanau-gru-bi", "luong-dot-lstm", "luong-concat-gru-bi"]
+PROPERTY_VARIANTS = ["none-lstm-bi", "bahdanau-gru-bi", "luong-dot-lstm", "luong-concat-gru-bi",
+                     "luong-location-gru"]
 
 
 def _config(name, **overrides):
@@ -152,6 +157,7 @@ def test_packed_batches_are_rejected(setup):
 
 @pytest.mark.parametrize("field, value, match", [
     ("cell", "rnn", "RNNConfig.cell"),
+    ("max_source_length", 0, "RNNConfig.max_source_length"),
     ("attention", "local", "RNNConfig.attention"),
     ("score", "bilinear", "RNNConfig.score"),
     ("hidden_size", 0, "RNNConfig.hidden_size"),
@@ -167,6 +173,21 @@ def test_dot_score_needs_matching_sizes():
     with pytest.raises(ValueError, match="decoder_hidden_size"):
         RNNConfig(vocab_size=V, attention="luong", score="dot", hidden_size=8,
                   decoder_hidden_size=12)
+
+
+def test_config_names_are_the_registry_keys():
+    assert set(ATTENTIONS) == {"none", "bahdanau", "luong"}
+    for attention in ATTENTIONS:
+        assert RNNConfig(vocab_size=V, attention=attention).attention == attention
+    for score in LUONG_SCORES:
+        assert RNNConfig(vocab_size=V, attention="luong", score=score, bidirectional=False).score == score
+
+
+def test_location_score_refuses_sources_longer_than_its_weights():
+    model = build_model(_config("luong-location-gru", max_source_length=6))
+    inputs, targets = toy_batch()  # S = 7
+    with pytest.raises(ValueError, match="location_score has weights for L=6 .* got S=7"):
+        jax.eval_shape(model.init, jax.random.key(0), inputs, targets)
 
 
 def test_dropout_and_scheduled_sampling_in_training():

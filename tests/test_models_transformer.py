@@ -18,6 +18,13 @@ VARIANTS = {
     "post-sinusoidal-tied": dict(),
     "pre-learned-gqa-untied": dict(norm="pre", positional="learned", num_kv_heads=2,
                                    share_embeddings=False, tie_output=False),
+    # Relative positions: every property below, the decode cache included, holds for them too
+    # (one layer per stack keeps the compile time down).
+    "pre-alibi-gqa": dict(norm="pre", positional="alibi", num_kv_heads=2, num_encoder_layers=1,
+                          num_decoder_layers=1),
+    "post-t5": dict(positional="t5", num_encoder_layers=1, num_decoder_layers=1),
+    "pre-rotary-gqa": dict(norm="pre", positional="rotary", num_kv_heads=2, num_encoder_layers=1,
+                           num_decoder_layers=1),
 }
 
 
@@ -47,11 +54,12 @@ def test_shapes_and_attention_weights(setup):
         variables, inputs, targets)
     np.testing.assert_allclose(captured, logits, atol=1e-5)
     weights = collect_attention_weights(state["intermediates"])
-    chex.assert_shape(weights["encoder_self"], (2, 3, 4, 7, 7))
-    chex.assert_shape(weights["decoder_self"], (2, 3, 4, 5, 5))
-    chex.assert_shape(weights["cross"], (2, 3, 4, 5, 7))
+    le, ld = config.num_encoder_layers, config.num_decoder_layers
+    chex.assert_shape(weights["encoder_self"], (le, 3, 4, 7, 7))
+    chex.assert_shape(weights["decoder_self"], (ld, 3, 4, 5, 5))
+    chex.assert_shape(weights["cross"], (ld, 3, 4, 5, 7))
     src_pad = np.asarray(inputs == 0)[None, :, None, None, :]  # [1, B, 1, 1, S]
-    assert np.all(np.asarray(weights["cross"])[np.broadcast_to(src_pad, (2, 3, 4, 5, 7))] == 0)
+    assert np.all(np.asarray(weights["cross"])[np.broadcast_to(src_pad, (ld, 3, 4, 5, 7))] == 0)
     future = np.triu(np.ones((5, 5), bool), k=1)
     assert np.all(np.asarray(weights["decoder_self"])[..., future] == 0)
     np.testing.assert_allclose(weights["cross"].sum(-1), 1.0, atol=1e-5)
@@ -152,8 +160,11 @@ def test_base_parameter_count_matches_formula():
     (dict(emb_dim=30, num_heads=4), "num_heads"),
     (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
     (dict(norm="sandwich"), "TransformerConfig.norm"),
-    (dict(positional="rotary"), "TransformerConfig.positional"),
+    (dict(positional="xpos"), "TransformerConfig.positional"),
     (dict(attention_implementation="flash"), "attention_implementation"),
+    (dict(attention_dropout_rate=0.1, attention_implementation="xla"), "cannot apply attention_dropout"),
+    (dict(positional="alibi", attention_implementation="chunked"), "takes no bias"),
+    (dict(positional="rotary", emb_dim=12, num_heads=4), r"emb_dim / num_heads \(the head dimension H\) must be even"),
     (dict(mlp_dim=0), "TransformerConfig.mlp_dim"),
 ])
 def test_bad_config_raises(fields, match):
@@ -194,3 +205,17 @@ def test_shift_right_restarts_every_segment():
     np.testing.assert_array_equal(shift_right(targets, 2), [[2, 5, 3, 7, 8, 3]])
     segments = jnp.asarray([[1, 1, 2, 2, 2, 0]], jnp.int32)
     np.testing.assert_array_equal(shift_right(targets, 2, segments)[:, :5], [[2, 5, 2, 7, 8]])
+
+
+def test_tied_logits_vjp_matches_autodiff():
+    from jaxattn.models.transformer import _tied_logits
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)                       # [B, T, D]
+    table = jnp.asarray(rng.normal(size=(V, 7)), jnp.float32)                      # [V, D]
+    g = jnp.asarray(rng.normal(size=(3, 5, V)), jnp.float32)                       # [B, T, V]
+    out, vjp = jax.vjp(_tied_logits, y, table)
+    want, want_vjp = jax.vjp(lambda a, b: jnp.einsum("BTD,VD->BTV", a, b), y, table)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    for got, expected in zip(vjp(g), want_vjp(g)):
+        chex.assert_equal_shape([got, expected])
+        np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -1,7 +1,11 @@
 """The model zoo: RNN encoder-decoders (none / Bahdanau / Luong) and the Transformer.
 
 Every family is a Flax Linen module built from a frozen config through the
-`MODELS` registry (`build_model(config)`), and exposes one interface:
+`MODELS` registry (`build_model(config)`). Inside a family, choices are
+registries too, and a config field names a key: `RNNConfig.attention` ->
+`ATTENTIONS`, `RNNConfig.score` -> `jaxattn.LUONG_SCORES`, `RNNConfig.cell` ->
+`CELLS`, `TransformerConfig.positional` -> `POSITIONS`. Every model exposes one
+interface:
 
 Training (teacher forcing)::
 
@@ -47,13 +51,25 @@ from __future__ import annotations
 import jax
 
 from jaxattn.models.configs import RNNConfig, TransformerConfig
-from jaxattn.models.positional import PositionalEmbedding, sinusoidal_positions
+from jaxattn.models.positional import (
+    POSITIONS,
+    alibi_bias,
+    alibi_slopes,
+    relative_position_buckets,
+    rotary_embedding,
+    sinusoidal_positions,
+)
 from jaxattn.models.rnn import RNNSeq2Seq
+from jaxattn.models.rnn_attention import ATTENTIONS
+from jaxattn.models.rnn_encoder import CELLS
 from jaxattn.models.teacher_forcing import shift_right
 from jaxattn.models.transformer import Transformer, collect_attention_weights
 
 __all__ = [
     "MODELS",
+    "ATTENTIONS",
+    "CELLS",
+    "POSITIONS",
     "build_model",
     "RNNConfig",
     "TransformerConfig",
@@ -62,7 +78,10 @@ __all__ = [
     "collect_attention_weights",
     "shift_right",
     "sinusoidal_positions",
-    "PositionalEmbedding",
+    "alibi_slopes",
+    "alibi_bias",
+    "relative_position_buckets",
+    "rotary_embedding",
     "count_params",
 ]
 

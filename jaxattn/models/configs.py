@@ -18,14 +18,17 @@ from typing import Any
 
 import jax.numpy as jnp
 
-# Names accepted by the string-valued fields; the modules map them through explicit
-# dicts of callables (rnn.py `CELLS`, `ATTENTIONS`, `LUONG_SCORES`).
-RNN_CELL_NAMES = ("lstm", "gru")
-RNN_ATTENTION_NAMES = ("none", "bahdanau", "luong")
-LUONG_SCORE_NAMES = ("dot", "general", "concat")
-POSITIONAL_NAMES = ("sinusoidal", "learned")
+from jaxattn.attention import IMPLEMENTATIONS
+from jaxattn.models.positional import POSITIONS
+from jaxattn.models.rnn_attention import ATTENTIONS
+from jaxattn.models.rnn_encoder import CELLS
+from jaxattn.scores import LUONG_SCORES
+
+# The string-valued fields name entries of these registries (dicts of callables), so
+# the accepted names are their keys and a new entry needs no edit here:
+# `CELLS` (rnn_encoder.py), `ATTENTIONS` (rnn_attention.py), `LUONG_SCORES`
+# (jaxattn/scores.py), `POSITIONS` (positional.py), `IMPLEMENTATIONS` (jaxattn/attention.py).
 NORM_PLACEMENTS = ("post", "pre")
-ATTENTION_IMPLEMENTATIONS = (None, "reference", "xla", "cudnn", "chunked")
 
 
 def _check_positive(config: Any, *names: str) -> None:
@@ -35,10 +38,11 @@ def _check_positive(config: Any, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
 
 
-def _check_choice(config: Any, name: str, choices: tuple) -> None:
+def _check_choice(config: Any, name: str, choices) -> None:
     value = getattr(config, name)
     if value not in choices:
-        raise ValueError(f"{type(config).__name__}.{name} must be one of {choices}, got {value!r}")
+        raise ValueError(f"{type(config).__name__}.{name} must be one of {tuple(choices)}, "
+                         f"got {value!r}")
 
 
 def _check_rate(config: Any, *names: str) -> None:
@@ -71,14 +75,19 @@ class RNNConfig:
         attention: "none" (fixed context vector fed at every step, Cho 2014),
             "bahdanau" (additive, from s_{t-1}, Bahdanau 2014 eq. 5-6) or "luong"
             (global, from h_t, with input feeding, Luong 2015 §3.1, §3.3).
-        score: Luong score: "dot", "general" or "concat" (Luong 2015 eq. 8). Ignored
-            unless attention == "luong".
+        score: Luong score, a key of `jaxattn.LUONG_SCORES` (Luong 2015 eq. 8): "dot",
+            "general", "concat" or "location". Ignored unless attention == "luong".
         attention_dim: A, hidden size of the additive / concat score; None = the
             decoder hidden size.
         decoder_hidden_size: decoder state size; None = encoder output size
             (hidden_size * 2 if bidirectional). The "dot" score needs them equal.
+        max_source_length: L, the longest source (in tokens) the "location" score
+            has weights for (W_a is [decoder hidden, L]; shorter sources use its
+            first S columns, longer ones raise). Unused by the other scores.
         dropout_rate: dropout on embeddings, between layers and before the output.
-        pad_id, bos_id, eos_id: special token ids (API.md).
+        pad_id, bos_id, eos_id: special token ids (the tokenizer's, see
+            `train/data/tokenizer.py`: pad 0, unk 1, <sos> 2, <eos> 3); decoding reads them
+            from here.
         dtype: compute dtype (e.g. jnp.bfloat16); recurrent carries and logits stay float32.
         param_dtype: parameter dtype.
         capture_attention: sow per-step alignments [B, T, S] into "intermediates".
@@ -94,6 +103,7 @@ class RNNConfig:
     score: str = "general"
     attention_dim: int | None = None
     decoder_hidden_size: int | None = None
+    max_source_length: int = 256
     dropout_rate: float = 0.1
     pad_id: int = 0
     bos_id: int = 2
@@ -103,21 +113,18 @@ class RNNConfig:
     capture_attention: bool = False
 
     def __post_init__(self):
-        _check_positive(self, "vocab_size", "embed_dim", "hidden_size", "num_layers")
-        _check_choice(self, "cell", RNN_CELL_NAMES)
-        _check_choice(self, "attention", RNN_ATTENTION_NAMES)
-        _check_choice(self, "score", LUONG_SCORE_NAMES)
+        _check_positive(self, "vocab_size", "embed_dim", "hidden_size", "num_layers",
+                        "max_source_length")
+        _check_choice(self, "cell", CELLS)
+        _check_choice(self, "attention", ATTENTIONS)
+        _check_choice(self, "score", LUONG_SCORES)
         if self.attention_dim is not None:
             _check_positive(self, "attention_dim")
         if self.decoder_hidden_size is not None:
             _check_positive(self, "decoder_hidden_size")
         _check_rate(self, "dropout_rate")
         _check_special_ids(self)
-        if (self.attention == "luong" and self.score == "dot"
-                and self.dec_hidden != self.enc_output_size):
-            raise ValueError(
-                    f"RNNConfig.decoder_hidden_size must equal the encoder output size "
-                    f"{self.enc_output_size} for the Luong 'dot' score, got {self.dec_hidden}")
+        ATTENTIONS[self.attention].check_config(self)  # e.g. Luong "dot" needs equal widths
 
     @property
     def enc_output_size(self) -> int:
@@ -172,16 +179,27 @@ class TransformerConfig:
         num_kv_heads: K, key/value heads (grouped-query attention when K < N; None = N).
         num_encoder_layers, num_decoder_layers: layer counts.
         mlp_dim: F, feed-forward hidden size.
-        max_len: longest position supported (learned positions / decode cache bound).
-        positional: "sinusoidal" (§3.5) or "learned".
+        max_len: longest position of learned positions (the other schemes have no
+            bound; the decode cache is sized by the decoding call's max_len).
+        positional: a key of `positional.POSITIONS`: "sinusoidal" (§3.5), "learned",
+            "alibi" (Press 2022), "t5" (relative buckets, Raffel 2020) or "rotary"
+            (Su 2021).
         norm: "post" (the paper: LayerNorm(x + Sublayer(x))) or "pre"
             (x + Sublayer(LayerNorm(x)), plus a final LayerNorm per stack).
+            The dataclass keeps the paper's post-LN as its default (and a
+            512-position bound that only learned positions use); experiment
+            config files choose their own and say why (the default run's
+            train/configs/transformer.py: pre-LN, which trains faster at small scale).
         dropout_rate: residual and embedding dropout (P_drop, §5.4).
-        attention_dropout_rate: dropout on attention weights.
+        attention_dropout_rate: dropout on attention weights (only the reference
+            implementation applies it: needs attention_implementation None or
+            "reference").
         share_embeddings: one table for source and target tokens.
         tie_output: output projection = target embedding transposed (§3.4).
         attention_implementation: forwarded to `jaxattn.dot_product_attention`.
-        pad_id, bos_id, eos_id: special token ids (API.md).
+        pad_id, bos_id, eos_id: special token ids (the tokenizer's, see
+            `train/data/tokenizer.py`: pad 0, unk 1, <sos> 2, <eos> 3); decoding reads them
+            from here.
         dtype: compute dtype; logits are returned float32.
         param_dtype: parameter dtype.
         capture_attention: sow encoder self / decoder self / cross weights
@@ -221,14 +239,17 @@ class TransformerConfig:
             if self.num_heads % self.num_kv_heads:
                 raise ValueError(f"TransformerConfig.num_kv_heads={self.num_kv_heads} must divide "
                                                   f"num_heads={self.num_heads}")
-        if self.positional == "sinusoidal" and self.emb_dim % 2:
-            raise ValueError(f"TransformerConfig.emb_dim must be even for sinusoidal positions, "
-                                              f"got {self.emb_dim}")
-        _check_choice(self, "positional", POSITIONAL_NAMES)
+        _check_choice(self, "positional", POSITIONS)
         _check_choice(self, "norm", NORM_PLACEMENTS)
-        _check_choice(self, "attention_implementation", ATTENTION_IMPLEMENTATIONS)
+        _check_choice(self, "attention_implementation", IMPLEMENTATIONS)
         _check_rate(self, "dropout_rate", "attention_dropout_rate")
         _check_special_ids(self)
+        if self.attention_dropout_rate > 0 and self.attention_implementation not in (None, "reference"):
+            raise ValueError(
+                    f"TransformerConfig.attention_implementation={self.attention_implementation!r} "
+                    f"cannot apply attention_dropout_rate={self.attention_dropout_rate}; expected None "
+                    f"or 'reference'")
+        POSITIONS[self.positional].check_config(self)  # e.g. sinusoidal needs an even D
 
     @property
     def head_dim(self) -> int:

@@ -2,7 +2,7 @@
 
 Sutskever et al. 2014 / Cho et al. 2014 ("none"), Bahdanau et al. 2014
 ("bahdanau", eq. 4-6) and Luong et al. 2015 ("luong", §3.1 eq. 5-8, input feeding
-§3.3), chosen by `RNNConfig.attention`. Teacher forcing runs the decoder step as
+§3.3), chosen by `RNNConfig.attention` (`rnn_attention.ATTENTIONS`). Teacher forcing runs the decoder step as
 one compiled `nn.scan`; scheduled sampling (Bengio et al. 2015) feeds, with
 probability `sampling_prob` (a traced scalar, so a schedule never recompiles),
 a token sampled from the model's previous output instead of the gold one.
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxattn import _checks
 from jaxattn.models.configs import RNNConfig
-from jaxattn.models.rnn_decoder import DecoderCell, needs_projected_keys
+from jaxattn.models.rnn_decoder import DecoderCell
 from jaxattn.models.rnn_encoder import Bridge, RNNEncoder
 from jaxattn.models.teacher_forcing import shift_right
 
@@ -47,9 +47,6 @@ class RNNSeq2Seq(nn.Module):
         cfg = self.config
         self.encoder = RNNEncoder(cfg)
         self.bridge = Bridge(cfg)
-        if needs_projected_keys(cfg):
-            self.key_projection = nn.Dense(cfg.attn_dim, use_bias=False, dtype=cfg.dtype,
-                                           param_dtype=cfg.param_dtype)  # U (eq. 6)
         self.cell = DecoderCell(cfg)
 
     def __call__(self, inputs, targets, *, train: bool = False, sampling_prob=None,
@@ -87,20 +84,16 @@ class RNNSeq2Seq(nn.Module):
           train: enables dropout.
 
         Returns:
-          A dict pytree whose leaves all lead with B: "values" [B, S, De],
-          "valid" [B, S], optional "keys" [B, S, A] / "context" [B, De], and the
-          decoder's initial "rnn" carries.
+          A dict pytree whose leaves all lead with B: "values" [B, S, C],
+          "valid" [B, S], the decoder's initial "rnn" carries, and what the
+          attention prepares once per sentence (Bahdanau: "keys" [B, S, A];
+          none: "context" [B, C]).
         """
         _checks.check_rank(inputs, "inputs", "BS")
         _checks.check_int(inputs, "inputs")
-        cfg = self.config
-        values, finals, valid = self.encoder(inputs, train=train)  # [B, S, De]
-        encoded = {"values": values, "valid": valid, "rnn": self.bridge(finals)}
-        if needs_projected_keys(cfg):
-            encoded["keys"] = self.key_projection(values)  # [B, S, A]
-        if cfg.attention == "none":
-            encoded["context"] = RNNEncoder.summary(finals, cfg.bidirectional)  # [B, De]
-        return encoded
+        values, finals, valid = self.encoder(inputs, train=train)  # [B, S, C]
+        return {"values": values, "valid": valid, "rnn": self.bridge(finals),
+                **self.cell.prepare(values, finals)}
 
     def init_cache(self, encoded, max_len: int):
         """Splits `encoded` into per-sentence memory and the step-0 decoder state.
@@ -115,10 +108,7 @@ class RNNSeq2Seq(nn.Module):
         """
         del max_len
         memory = {k: v for k, v in encoded.items() if k != "rnn"}
-        state = {"rnn": encoded["rnn"]}
-        if self.config.attention == "luong":
-            batch = encoded["values"].shape[0]
-            state["feed"] = jnp.zeros((batch, self.config.dec_hidden), jnp.float32)  # [B, Dh]
+        state = {"rnn": encoded["rnn"], **self.cell.initial_state(encoded["values"].shape[0])}
         return memory, state
 
     def decode_step(self, memory, state, tokens, index):

@@ -12,12 +12,16 @@ tanh(V' c)); both directions are given to it here.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxattn import masks
-from jaxattn.models.configs import RNNConfig
+
+if TYPE_CHECKING:  # configs.py imports this module for the names of `CELLS`
+    from jaxattn.models.configs import RNNConfig
 
 __all__ = ["CELLS", "RNNEncoder", "Bridge", "final_hidden"]
 

@@ -1,10 +1,13 @@
 """The Transformer encoder-decoder (Vaswani et al. 2017).
 
-Embeddings scaled by sqrt(D) plus positions (§3.4-3.5), N encoder layers and N
-decoder layers (§3.1, `transformer_layers`), optional shared source/target
-embeddings and output projection tied to the target embedding (§3.4), dropout on
-embeddings and residuals (§5.4). Packed batches use segment ids and per-segment
-positions (`jaxattn.segment_mask`).
+Embeddings scaled by sqrt(D) (§3.4), N encoder layers and N decoder layers (§3.1,
+`transformer_layers`), optional shared source/target embeddings and output
+projection tied to the target embedding (§3.4), dropout on embeddings and
+residuals (§5.4). Positions come from `positional.POSITIONS[config.positional]`:
+added to the embeddings (sinusoidal §3.5, learned), or a self-attention bias
+(ALiBi, T5 buckets) or query/key hook (rotary) computed once per stack and
+given to every layer. Packed batches use segment ids and per-segment positions
+(`jaxattn.segment_mask`).
 
 Trainer-facing interface (shared with `RNNSeq2Seq`, see `jaxattn.models`):
 `__call__`, `encode`, `decode`, `init_cache`, `decode_step`.
@@ -12,12 +15,13 @@ Trainer-facing interface (shared with `RNNSeq2Seq`, see `jaxattn.models`):
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxattn import _checks, masks
 from jaxattn.cache import init_kv_cache
 from jaxattn.models.configs import TransformerConfig
-from jaxattn.models.positional import PositionalEmbedding
+from jaxattn.models.positional import POSITIONS
 from jaxattn.models.teacher_forcing import shift_right
 from jaxattn.models.transformer_layers import DecoderLayer, EncoderLayer
 
@@ -27,6 +31,30 @@ __all__ = ["Transformer", "collect_attention_weights"]
 def _default_positions(tokens):
     b, t = tokens.shape
     return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))  # [B, T]
+
+
+@jax.custom_vjp
+def _tied_logits(y, table):
+    """y [B, T, D] times the embedding table [V, D], transposed: [B, T, V] logits."""
+    return jnp.einsum("BTD,VD->BTV", y, table)  # [B, T, V]
+
+
+def _tied_logits_fwd(y, table):
+    return _tied_logits(y, table), (y, table)
+
+
+def _tied_logits_bwd(residuals, g):
+    # The table's gradient is written (y^T g)^T. Autodiff writes g^T y, and
+    # XLA:CPU then copies the [B*T, V] gradient g into a transposed layout for
+    # its matmul (with V = 8000 that copy cost more than the matmuls); this
+    # way only y [B*T, D] and the [D, V] result are transposed. Same values.
+    y, table = residuals
+    dy = jnp.einsum("BTV,VD->BTD", g, table)  # [B, T, D]
+    dtable = jnp.einsum("BTD,BTV->DV", y, g).T  # [V, D]
+    return dy, dtable
+
+
+_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 class Transformer(nn.Module):
@@ -45,8 +73,7 @@ class Transformer(nn.Module):
             embedding_init=nn.initializers.normal(stddev=cfg.emb_dim ** -0.5))
         self.target_embed = embed()
         self.source_embed = self.target_embed if cfg.share_embeddings else embed()
-        self.positions = PositionalEmbedding(cfg.emb_dim, cfg.max_len, cfg.positional,
-                                             dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.positions = POSITIONS[cfg.positional](cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         self.encoder_layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
         self.decoder_layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
@@ -60,17 +87,15 @@ class Transformer(nn.Module):
 
     def _embed(self, table, tokens, positions, deterministic):
         cfg = self.config
-        if cfg.positional == "learned" and tokens.shape[1] > cfg.max_len:
-            raise ValueError(f"tokens: length {tokens.shape[1]} exceeds "
-                             f"TransformerConfig.max_len={cfg.max_len} of learned positions")
         x = table(tokens) * jnp.asarray(cfg.emb_dim ** 0.5, cfg.dtype)  # [B, T, D]
-        x = self.positions(x, positions)  # [B, T, D]
+        x = self.positions.embed(x, positions)  # [B, T, D]
         return self.dropout(x, deterministic=deterministic)
 
     def _logits(self, y):
         cfg = self.config
         if cfg.tie_output:
-            logits = self.target_embed.attend(y)  # [B, T, V]
+            table = jnp.asarray(self.target_embed.embedding, cfg.dtype)  # [V, D]
+            logits = _tied_logits(y.astype(cfg.dtype), table)  # [B, T, V]
         else:
             logits = self.output(y)  # [B, T, V]
         return logits.astype(jnp.float32)
@@ -130,8 +155,10 @@ class Transformer(nn.Module):
             inputs_positions = _default_positions(inputs)
         _checks.check_shape(inputs_positions, "inputs_positions", inputs.shape, "BS")
         x = self._embed(self.source_embed, inputs, inputs_positions, not train)  # [B, S, D]
+        bias = self.positions.self_bias(inputs_positions, inputs_positions, causal=False)  # [B, N, S, S]
+        hook = self.positions.process_heads(inputs_positions, inputs_positions)
         for layer in self.encoder_layers:
-            x = layer(x, mask, deterministic=not train)  # [B, S, D]
+            x = layer(x, mask, bias, hook, deterministic=not train)  # [B, S, D]
         if cfg.norm == "pre":
             x = self.encoder_norm(x)
         encoded = {"encoded": x, "valid": valid}
@@ -179,8 +206,11 @@ class Transformer(nn.Module):
         _checks.check_shape(targets_positions, "targets_positions", targets.shape, "BT")
         decoder_inputs = shift_right(targets, cfg.bos_id, targets_segmentation)  # [B, T]
         y = self._embed(self.target_embed, decoder_inputs, targets_positions, not train)  # [B, T, D]
+        bias = self.positions.self_bias(targets_positions, targets_positions, causal=True)  # [B, N, T, T]
+        hook = self.positions.process_heads(targets_positions, targets_positions)
         for layer in self.decoder_layers:
-            y = layer(y, encoded["encoded"], self_mask, cross_mask, deterministic=not train)
+            y = layer(y, encoded["encoded"], self_mask, cross_mask, bias, hook,
+                      deterministic=not train)
         if cfg.norm == "pre":
             y = self.decoder_norm(y)
         return self._logits(y)  # [B, T, V]
@@ -198,9 +228,7 @@ class Transformer(nn.Module):
           {"key", "value"} [B, L, K, H]} is updated by `decode_step`.
         """
         cfg = self.config
-        if cfg.positional == "learned" and max_len > cfg.max_len:
-            raise ValueError(f"max_len: {max_len} exceeds TransformerConfig.max_len="
-                             f"{cfg.max_len} of learned positions")
+        self.positions.check_length(max_len, "max_len")
         x = encoded["encoded"]  # [B, S, D]
         memory = {
             "cross": tuple(layer.project_memory(x) for layer in self.decoder_layers),
@@ -226,9 +254,13 @@ class Transformer(nn.Module):
         (b,) = _checks.check_rank(tokens, "tokens", "B")
         positions = jnp.full((b, 1), index, jnp.int32)  # [B, 1]
         y = self._embed(self.target_embed, tokens[:, None], positions, True)  # [B, 1, D]
+        length = state["self"][0]["key"].shape[1]
+        cache_positions = jnp.arange(length, dtype=jnp.int32)[None, :]  # [1, L]
+        bias = self.positions.self_bias(positions, cache_positions, causal=True)  # [B, N, 1, L]
+        hook = self.positions.process_heads(positions, positions)  # this step's query and key
         caches = []
         for layer, cache, cross in zip(self.decoder_layers, state["self"], memory["cross"]):
-            y, cache = layer.step(y, cache, cross, memory["cross_mask"], index)  # [B, 1, D]
+            y, cache = layer.step(y, cache, cross, memory["cross_mask"], index, bias, hook)  # [B, 1, D]
             caches.append(cache)
         if cfg.norm == "pre":
             y = self.decoder_norm(y)

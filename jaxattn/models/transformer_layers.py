@@ -7,9 +7,14 @@ max(0, x W_1 + b_1) W_2 + b_2 (eq. 2). Attention is `jaxattn.multi_head_attentio
 (eq. 1 and §3.2.2, grouped-query when K < N); these modules only own the
 parameters, in the `flax.linen.MultiHeadDotProductAttention` layout.
 
+Self-attention takes the position scheme's additive `bias` ([B, N, T, S]: ALiBi,
+T5 buckets) and `process_heads` hook (rotary) as arguments, computed once per
+stack by the Transformer (`positional.POSITIONS`); cross-attention takes neither.
+
 Decoding: `DecoderLayer.step` runs one position against a self-attention KV
-cache (`jaxattn.update_kv_cache` / `cached_attention`) and cross-attention keys
-and values projected once per source sentence (`DecoderLayer.project_memory`).
+cache (`jaxattn.update_kv_cache`, then attention over the cache positions
+0..index) and cross-attention keys and values projected once per source
+sentence (`DecoderLayer.project_memory`).
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxattn import masks
 from jaxattn.attention import dot_product_attention
-from jaxattn.cache import cached_attention, update_kv_cache
+from jaxattn.cache import update_kv_cache
 from jaxattn.models.configs import TransformerConfig
 from jaxattn.multihead import multi_head_attention, project_heads, project_out
 
@@ -76,12 +82,15 @@ class MultiHeadAttention(nn.Module):
         return {"query": self.query(), "key": self.key(), "value": self.value(),
                 "out": self.out()}
 
-    def __call__(self, inputs_q, inputs_kv=None, mask=None, *, deterministic: bool = True):
+    def __call__(self, inputs_q, inputs_kv=None, mask=None, bias=None, process_heads=None, *,
+                 deterministic: bool = True):
         """Full-sequence attention.
 
         Args:
           inputs_q: [B, T, D]; inputs_kv: [B, S, D] or None (self-attention).
           mask: bool broadcastable to [B, N, T, S].
+          bias: float broadcastable to [B, N, T, S] added to the energies, or None.
+          process_heads: `(q [B, T, N, H], k [B, S, K, H]) -> (q, k)`, or None.
           deterministic: disables attention dropout.
 
         Returns:
@@ -91,11 +100,12 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         rate = 0.0 if deterministic else cfg.attention_dropout_rate
         rng = self.make_rng("dropout") if rate > 0.0 else None
+        # TransformerConfig refuses an implementation that cannot apply dropout.
         result = multi_head_attention(
-            self.params_tree(), inputs_q, inputs_kv, mask,
+            self.params_tree(), inputs_q, inputs_kv, mask, bias,
             return_weights=cfg.capture_attention,
-            implementation=None if rate > 0.0 else cfg.attention_implementation,
-            dropout_rate=rate, dropout_rng=rng)
+            implementation=cfg.attention_implementation,
+            dropout_rate=rate, dropout_rng=rng, process_heads=process_heads)
         if cfg.capture_attention:
             result, weights = result
             self.sow("intermediates", "attention_weights", weights)  # [B, N, T, S]
@@ -106,20 +116,30 @@ class MultiHeadAttention(nn.Module):
         return {"key": project_heads(self.key(), inputs_kv),
                 "value": project_heads(self.value(), inputs_kv)}
 
-    def step_self(self, x, cache, index):
+    def step_self(self, x, cache, index, bias=None, process_heads=None):
         """One decoder position against the KV cache.
 
         Args:
           x: [B, 1, D]; cache: {"key", "value"} [B, L, K, H]; index: scalar step.
+          bias: broadcastable to [B, N, 1, L] (the energies of query `index`
+            against cache positions 0..L-1), or None.
+          process_heads: applied to this step's query and key (position
+            `index`) before the key enters the cache, or None.
 
         Returns:
           ([B, 1, D], updated cache).
         """
         q = project_heads(self.query(), x)  # [B, 1, N, H]
         kv = self.project_kv(x)  # [B, 1, K, H] each
-        cache = update_kv_cache(cache, kv["key"], kv["value"], index)
-        out = cached_attention(q, cache, index,
-                               implementation=self.config.attention_implementation)  # [B, 1, N, H]
+        k = kv["key"]
+        if process_heads is not None:
+            q, k = process_heads(q, k)  # [B, 1, N, H], [B, 1, K, H]
+        cache = update_kv_cache(cache, k, kv["value"], index)
+        length = cache["key"].shape[1]
+        visible = masks.lengths_to_mask(jnp.reshape(index + 1, (1,)), length)  # [1, L]: 0..index
+        out = dot_product_attention(q, cache["key"], cache["value"],
+                                    masks.key_padding_mask(visible), bias,
+                                    implementation=self.config.attention_implementation)  # [B, 1, N, H]
         return project_out(self.out(), out), cache  # [B, 1, D]
 
     def step_cross(self, x, memory, mask):
@@ -188,10 +208,11 @@ class EncoderLayer(nn.Module):
         self.attention_residual = _Residual(self.config)
         self.ffn_residual = _Residual(self.config)
 
-    def __call__(self, x, mask, *, deterministic: bool = True):
-        """x: [B, S, D]; mask broadcastable to [B, N, S, S]. Returns [B, S, D]."""
+    def __call__(self, x, mask, bias=None, process_heads=None, *, deterministic: bool = True):
+        """x: [B, S, D]; mask, bias broadcastable to [B, N, S, S]. Returns [B, S, D]."""
         x = self.attention_residual(
-            x, lambda h: self.self_attention(h, None, mask, deterministic=deterministic),
+            x, lambda h: self.self_attention(h, None, mask, bias, process_heads,
+                                             deterministic=deterministic),
             deterministic=deterministic)
         return self.ffn_residual(x, self.feed_forward, deterministic=deterministic)
 
@@ -213,19 +234,23 @@ class DecoderLayer(nn.Module):
         self.cross_residual = _Residual(self.config)
         self.ffn_residual = _Residual(self.config)
 
-    def __call__(self, y, encoded, self_mask, cross_mask, *, deterministic: bool = True):
+    def __call__(self, y, encoded, self_mask, cross_mask, self_bias=None, process_heads=None, *,
+                 deterministic: bool = True):
         """Teacher-forced layer.
 
         Args:
           y: [B, T, D] decoder stream; encoded: [B, S, D] encoder output.
           self_mask: broadcastable to [B, N, T, T] (causal); cross_mask: to [B, N, T, S].
+          self_bias: self-attention bias broadcastable to [B, N, T, T], or None.
+          process_heads: self-attention query/key hook, or None.
           deterministic: disables dropout.
 
         Returns:
           [B, T, D].
         """
         y = self.self_residual(
-            y, lambda h: self.self_attention(h, None, self_mask, deterministic=deterministic),
+            y, lambda h: self.self_attention(h, None, self_mask, self_bias, process_heads,
+                                             deterministic=deterministic),
             deterministic=deterministic)
         y = self.cross_residual(
             y, lambda h: self.cross_attention(h, encoded, cross_mask, deterministic=deterministic),
@@ -236,20 +261,20 @@ class DecoderLayer(nn.Module):
         """Cross-attention keys/values, once per source: [B, S, D] -> {"key", "value"} [B, S, K, H]."""
         return self.cross_attention.project_kv(encoded)
 
-    def step(self, y, cache, memory, cross_mask, index):
+    def step(self, y, cache, memory, cross_mask, index, self_bias=None, process_heads=None):
         """One decoding position (no dropout).
 
         Args:
           y: [B, 1, D]; cache: self-attention {"key", "value"} [B, L, K, H];
           memory: cross {"key", "value"} [B, S, K, H]; cross_mask: [B, 1, 1, S];
-          index: scalar step.
+          index: scalar step; self_bias, process_heads: see `MultiHeadAttention.step_self`.
 
         Returns:
           ([B, 1, D], updated cache).
         """
         y, cache = self.self_residual(
-            y, lambda h: self.self_attention.step_self(h, cache, index), deterministic=True,
-            has_aux=True)
+            y, lambda h: self.self_attention.step_self(h, cache, index, self_bias, process_heads),
+            deterministic=True, has_aux=True)
         y = self.cross_residual(
             y, lambda h: self.cross_attention.step_cross(h, memory, cross_mask), deterministic=True)
         y = self.ffn_residual(y, self.feed_forward, deterministic=True)
