@@ -101,6 +101,35 @@ def test_cached_equals_recomputation(model_and_variables):
     np.testing.assert_allclose(scores, naive_scores, atol=1e-4)
 
 
+@pytest.mark.parametrize("positional", ["alibi", "t5", "rotary"])
+def test_cached_equals_recomputation_with_relative_positions(positional):
+    """The self-attention bias / rotation of step i against cache positions 0..L-1 equals the
+    full-prefix one: greedy and sampled tokens are those of recomputation."""
+    model = build_model(CONFIGS["transformer"].replace(positional=positional))
+    inputs = _unseen_inputs()
+    variables = numpy_init(model, inputs, _task()[1], seed=2)
+    for decode in (lambda cached: greedy_decode(model, variables, inputs, max_len=MAX_LEN,
+                                                cached=cached),
+                   lambda cached: sample_decode(model, variables, inputs, jax.random.key(0),
+                                                max_len=MAX_LEN, temperature=3.0, cached=cached)):
+        np.testing.assert_array_equal(decode(True), decode(False))
+    assert len(np.unique(np.asarray(decode(True)))) > 3  # samples vary: every step is compared
+
+
+def test_special_ids_come_from_the_model_config(bahdanau):
+    model, variables = bahdanau
+    inputs = _unseen_inputs()
+    moved = build_model(model.config.replace(bos_id=5, eos_id=6))
+    tokens = greedy_decode(moved, variables, inputs, max_len=MAX_LEN)
+    np.testing.assert_array_equal(
+        tokens, greedy_decode(moved, variables, inputs, max_len=MAX_LEN, bos_id=5, eos_id=6))
+    assert not np.array_equal(
+        tokens, greedy_decode(moved, variables, inputs, max_len=MAX_LEN, bos_id=2, eos_id=3))
+    beams = beam_search(moved, variables, inputs, max_len=MAX_LEN, beam_size=2)
+    np.testing.assert_array_equal(
+        beams, beam_search(moved, variables, inputs, max_len=MAX_LEN, beam_size=2, bos_id=5, eos_id=6))
+
+
 def test_beam_size_one_is_greedy(model_and_variables):
     model, variables = model_and_variables
     inputs = _unseen_inputs()

@@ -5,7 +5,8 @@
     tokens = sample_decode(model, params, inputs, rng, max_len=64, temperature=0.8, top_k=20)
 
 `model` is `jaxattn.models.build_model(config)`; `params` the variables dict (or the
-bare params tree). Outputs are eos-terminated and 0-padded. By default decoding is
+bare params tree). <sos> and <eos> are the model config's `bos_id` / `eos_id` unless
+given. Outputs are eos-terminated and 0-padded. By default decoding is
 incremental (`cached=True`): Transformer decoder self-attention reads a KV cache
 and cross-attention keys/values are projected once per source sentence; RNNs carry
 their state. `cached=False` recomputes the whole prefix every step (the reference
@@ -13,8 +14,8 @@ that cached decoding matches token for token).
 """
 from __future__ import annotations
 
-from jaxattn.decoding.beam import beam_search, length_penalty
-from jaxattn.decoding.search import greedy_decode, sample_decode
+from jaxattn.decoding.beam import BeamState, beam_search, length_penalty
+from jaxattn.decoding.search import DecodeState, greedy_decode, sample_decode
 from jaxattn.decoding.steppers import Stepper, make_stepper
 
 __all__ = [
@@ -24,4 +25,6 @@ __all__ = [
     "length_penalty",
     "make_stepper",
     "Stepper",
+    "BeamState",
+    "DecodeState",
 ]

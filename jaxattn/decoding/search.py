@@ -8,13 +8,25 @@ Decoding is one `lax.while_loop` that stops when every row has produced <eos> or
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxattn.decoding.steppers import as_variables, encode, make_stepper
+from jaxattn.decoding.steppers import as_variables, encode, make_stepper, special_ids
 
-__all__ = ["greedy_decode", "sample_decode"]
+__all__ = ["greedy_decode", "sample_decode", "DecodeState"]
+
+
+class DecodeState(NamedTuple):
+    """The carry of the greedy / sampling loop."""
+
+    index: jax.Array  # scalar int32: the position being decoded
+    tokens: jax.Array  # [B, L] int32 output so far (0 after a row's <eos>)
+    last: jax.Array  # [B] int32 token fed to the next step (<sos> at step 0)
+    finished: jax.Array  # [B] bool: the row has emitted <eos>
+    state: Any  # the stepper's decoder state (KV caches / RNN carries)
+    rng: jax.Array  # PRNG key, split every step
 
 
 def _check_len(max_len):
@@ -27,23 +39,22 @@ def _decode_loop(model, variables, inputs, rng, *, max_len, bos_id, eos_id, cach
     stepper = make_stepper(model, variables, encoded, max_len, cached)
     batch = inputs.shape[0]
 
-    def cond(carry):
-        index, _, _, finished, _, _ = carry
-        return (index < max_len) & ~jnp.all(finished)
+    def cond(c: DecodeState):
+        return (c.index < max_len) & ~jnp.all(c.finished)
 
-    def body(carry):
-        index, out, last, finished, state, rng = carry
-        rng, step_rng = jax.random.split(rng)
-        logits, state = stepper.step(stepper.memory, state, last, index)  # [B, V]
+    def body(c: DecodeState):
+        rng, step_rng = jax.random.split(c.rng)
+        logits, state = stepper.step(stepper.memory, c.state, c.last, c.index)  # [B, V]
         token = choose(logits, step_rng).astype(jnp.int32)  # [B]
-        token = jnp.where(finished, 0, token)  # [B]
-        out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], index, axis=1)  # [B, L]
-        return index + 1, out, token, finished | (token == eos_id), state, rng
+        token = jnp.where(c.finished, 0, token)  # [B]
+        tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens, token[:, None], c.index, axis=1)  # [B, L]
+        return DecodeState(index=c.index + 1, tokens=tokens, last=token,
+                           finished=c.finished | (token == eos_id), state=state, rng=rng)
 
-    carry = (jnp.int32(0), jnp.zeros((batch, max_len), jnp.int32),
-             jnp.full((batch,), bos_id, jnp.int32), jnp.zeros((batch,), bool),
-             stepper.state, rng)
-    return jax.lax.while_loop(cond, body, carry)[1]
+    start = DecodeState(index=jnp.int32(0), tokens=jnp.zeros((batch, max_len), jnp.int32),
+                        last=jnp.full((batch,), bos_id, jnp.int32),
+                        finished=jnp.zeros((batch,), bool), state=stepper.state, rng=rng)
+    return jax.lax.while_loop(cond, body, start).tokens
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "bos_id", "eos_id", "cached"))
@@ -53,8 +64,8 @@ def _greedy(model, variables, inputs, *, max_len, bos_id, eos_id, cached):
                         choose=lambda logits, _: jnp.argmax(logits, axis=-1))
 
 
-def greedy_decode(model, params, inputs, *, max_len: int, bos_id: int = 2, eos_id: int = 3,
-                  cached: bool = True):
+def greedy_decode(model, params, inputs, *, max_len: int, bos_id: int | None = None,
+                  eos_id: int | None = None, cached: bool = True):
     """Greedy decoding.
 
     Args:
@@ -62,7 +73,7 @@ def greedy_decode(model, params, inputs, *, max_len: int, bos_id: int = 2, eos_i
       params: {"params": ...} variables, or the bare params tree.
       inputs: [B, S] int source ids (0-padded).
       max_len: T', the most output tokens.
-      bos_id, eos_id: special ids.
+      bos_id, eos_id: special ids; None = the model config's.
       cached: incremental decoding (default) or naive full recomputation.
 
     Returns:
@@ -70,6 +81,7 @@ def greedy_decode(model, params, inputs, *, max_len: int, bos_id: int = 2, eos_i
       (a row that never emits <eos> fills all T').
     """
     _check_len(max_len)
+    bos_id, eos_id = special_ids(model, bos_id, eos_id)
     return _greedy(model, as_variables(params), inputs, max_len=max_len, bos_id=bos_id,
                    eos_id=eos_id, cached=cached)
 
@@ -95,7 +107,8 @@ def _sample(model, variables, inputs, rng, *, max_len, bos_id, eos_id, cached, t
 
 
 def sample_decode(model, params, inputs, rng, *, max_len: int, temperature: float = 1.0,
-                  top_k: int = 0, bos_id: int = 2, eos_id: int = 3, cached: bool = True):
+                  top_k: int = 0, bos_id: int | None = None, eos_id: int | None = None,
+                  cached: bool = True):
     """Ancestral sampling with temperature and optional top-k truncation.
 
     Args:
@@ -112,5 +125,6 @@ def sample_decode(model, params, inputs, rng, *, max_len: int, temperature: floa
         raise ValueError(f"temperature: expected > 0, got {temperature!r}")
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
+    bos_id, eos_id = special_ids(model, bos_id, eos_id)
     return _sample(model, as_variables(params), inputs, rng, max_len=max_len, bos_id=bos_id,
                    eos_id=eos_id, cached=cached, temperature=float(temperature), top_k=top_k)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxattn import _checks
 
-__all__ = ["Stepper", "as_variables", "encode", "make_stepper"]
+__all__ = ["Stepper", "as_variables", "encode", "make_stepper", "special_ids"]
 
 
 class Stepper(NamedTuple):
@@ -40,6 +40,13 @@ def as_variables(params):
     if isinstance(params, dict) and "params" in params:
         return params
     return {"params": params}
+
+
+def special_ids(model, bos_id: int | None, eos_id: int | None) -> tuple[int, int]:
+    """(bos_id, eos_id), each defaulting to the model config's (None = the config's)."""
+    bos_id = model.config.bos_id if bos_id is None else bos_id
+    eos_id = model.config.eos_id if eos_id is None else eos_id
+    return bos_id, eos_id
 
 
 def encode(model, variables, inputs):
