@@ -2,7 +2,8 @@
 
 The decoder reads the gold target shifted right by one with <sos> in front, so
 position t predicts target t from targets < t. Packed rows restart with <sos> at
-every segment start (API.md: targets end with <eos>, decoder input is built here).
+every segment start. Targets end with <eos> (the batch format in `jaxattn.models`); the
+decoder input is built here, never by the data pipeline.
 """
 from __future__ import annotations
 
