@@ -10,7 +10,8 @@ interface:
 Training (teacher forcing)::
 
     model = build_model(config)                       # RNNConfig or TransformerConfig
-    variables = model.init(rng, inputs, targets)      # inputs [B, S], targets [B, T] int
+    variables = model.init(rng, inputs, targets)      # inputs [B, S], targets [B, T] int,
+                                                      #   0-padded, targets <eos>-terminated
     logits = model.apply(variables, inputs, targets, train=True,
                          rngs={"dropout": dropout_rng})   # [B, T, V] float32
     # packed batches (Transformer only): inputs_segmentation=, targets_segmentation=,
