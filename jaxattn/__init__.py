@@ -65,10 +65,12 @@ from jaxattn.multihead import (
 )
 from jaxattn.scores import (
     LUONG_SCORES,
+    LuongScore,
     additive_score,
     concat_score,
     dot_score,
     general_score,
+    location_score,
     scaled_dot_product_score,
 )
 from jaxattn.softmax import masked_softmax
@@ -91,7 +93,9 @@ __all__ = [
     "dot_score",
     "general_score",
     "concat_score",
+    "location_score",
     "scaled_dot_product_score",
+    "LuongScore",
     "LUONG_SCORES",
     # attention
     "weighted_context",
