@@ -105,7 +105,7 @@ def test_cached_equals_recomputation(model_and_variables):
 def test_cached_equals_recomputation_with_relative_positions(positional):
     """The self-attention bias / rotation of step i against cache positions 0..L-1 equals the
     full-prefix one: greedy and sampled tokens are those of recomputation."""
-    model = build_model(CONFIGS["transformer"].replace(positional=positional))
+    model = build_model(CONFIGS["transformer"].replace(positional=positional, num_decoder_layers=1))
     inputs = _unseen_inputs()
     variables = numpy_init(model, inputs, _task()[1], seed=2)
     for decode in (lambda cached: greedy_decode(model, variables, inputs, max_len=MAX_LEN,
