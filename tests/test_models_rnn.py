@@ -180,7 +180,8 @@ def test_config_names_are_the_registry_keys():
     for attention in ATTENTIONS:
         assert RNNConfig(vocab_size=V, attention=attention).attention == attention
     for score in LUONG_SCORES:
-        assert RNNConfig(vocab_size=V, attention="luong", score=score, bidirectional=False).score == score
+        config = RNNConfig(vocab_size=V, attention="luong", score=score, bidirectional=False)
+        assert config.score == score
 
 
 def test_location_score_refuses_sources_longer_than_its_weights():

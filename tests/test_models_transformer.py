@@ -164,7 +164,8 @@ def test_base_parameter_count_matches_formula():
     (dict(attention_implementation="flash"), "attention_implementation"),
     (dict(attention_dropout_rate=0.1, attention_implementation="xla"), "cannot apply attention_dropout"),
     (dict(positional="alibi", attention_implementation="chunked"), "takes no bias"),
-    (dict(positional="rotary", emb_dim=12, num_heads=4), r"emb_dim / num_heads \(the head dimension H\) must be even"),
+    (dict(positional="rotary", emb_dim=12, num_heads=4),
+     r"emb_dim / num_heads \(the head dimension H\) must be even"),
     (dict(mlp_dim=0), "TransformerConfig.mlp_dim"),
 ])
 def test_bad_config_raises(fields, match):

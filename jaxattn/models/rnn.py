@@ -2,10 +2,11 @@
 
 Sutskever et al. 2014 / Cho et al. 2014 ("none"), Bahdanau et al. 2014
 ("bahdanau", eq. 4-6) and Luong et al. 2015 ("luong", §3.1 eq. 5-8, input feeding
-§3.3), chosen by `RNNConfig.attention` (`rnn_attention.ATTENTIONS`). Teacher forcing runs the decoder step as
-one compiled `nn.scan`; scheduled sampling (Bengio et al. 2015) feeds, with
-probability `sampling_prob` (a traced scalar, so a schedule never recompiles),
-a token sampled from the model's previous output instead of the gold one.
+§3.3), chosen by `RNNConfig.attention` (`rnn_attention.ATTENTIONS`). Teacher
+forcing runs the decoder step as one compiled `nn.scan`; scheduled sampling
+(Bengio et al. 2015) feeds, with probability `sampling_prob` (a traced scalar, so
+a schedule never recompiles), a token sampled from the model's previous output
+instead of the gold one.
 
 Trainer-facing interface (shared with `Transformer`, see `jaxattn.models`):
 `__call__`, `encode`, `decode`, `init_cache`, `decode_step`.

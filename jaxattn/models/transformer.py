@@ -206,7 +206,8 @@ class Transformer(nn.Module):
         _checks.check_shape(targets_positions, "targets_positions", targets.shape, "BT")
         decoder_inputs = shift_right(targets, cfg.bos_id, targets_segmentation)  # [B, T]
         y = self._embed(self.target_embed, decoder_inputs, targets_positions, not train)  # [B, T, D]
-        bias = self.positions.self_bias(targets_positions, targets_positions, causal=True)  # [B, N, T, T]
+        bias = self.positions.self_bias(targets_positions, targets_positions,
+                                        causal=True)  # [B, N, T, T]
         hook = self.positions.process_heads(targets_positions, targets_positions)
         for layer in self.decoder_layers:
             y = layer(y, encoded["encoded"], self_mask, cross_mask, bias, hook,
