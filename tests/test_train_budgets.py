@@ -60,6 +60,9 @@ def test_average_of_the_last_checkpoints(tmp_path, data_dir, caplog):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), averaged.params, expected)
     latest = train_lib.load_trained(config, workdir, "latest").params
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(latest), jax.tree.leaves(expected)))
+    config.average_last_checkpoints = 0
+    with pytest.raises(ValueError, match="--checkpoint=average: config.average_last_checkpoints is 0"):
+        train_lib.load_trained(config, workdir, "average")
     config.average_last_checkpoints = 4
     with pytest.raises(ValueError, match="config.average_last_checkpoints: got 4, expected at most"):
         train_lib.train_and_evaluate(config, str(tmp_path / "other"))

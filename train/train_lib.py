@@ -125,6 +125,10 @@ def _restore_named(run: _Run, ckpt, which: str) -> tuple[Any, int]:
     """(state, step) of `--checkpoint=which`: "latest", "best", or "average" (of the last k up to latest)."""
     step = _select_step(ckpt, "latest" if which == "average" else which)
     if which == "average":
+        if run.config.average_last_checkpoints < 2:
+            raise UserError(f"--checkpoint=average: config.average_last_checkpoints is "
+                            f"{run.config.average_last_checkpoints}, expected k >= 2 checkpoints to average "
+                            "(e.g. --config.average_last_checkpoints=5)")
         return _averaged(run, ckpt, step), step
     return _restore(run, ckpt, step)[0], step
 
@@ -479,6 +483,7 @@ def _open_checkpoints(workdir: str):
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: str = "latest") -> dict[str, Any]:
     """Evaluates a trained checkpoint on every eval split of its data (writes samples)."""
+    start_time = time.time()
     ckpt = _open_checkpoints(workdir)
     try:
         _select_step(ckpt, "latest" if checkpoint_name == "average" else checkpoint_name)  # before data prep
@@ -491,7 +496,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: s
             writer.close()
     finally:
         ckpt.close()
-    summary.update(step=step, workdir=workdir)
+    summary.update(step=step, workdir=workdir, wall_time=time.time() - start_time)
     return summary
 
 
