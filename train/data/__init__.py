@@ -34,7 +34,7 @@ Use from the trainer::
             if i >= 0:                                  # -1 marks an all-zero padding row
                 source, reference = test.pairs[i]       # raw text; hypothesis = hyps[row]
 
-Training batches (API.md): "inputs" [B, S] and "targets" [B, T] int32, 0-padded, eos-ended;
+Training batches (the format every model takes, see `jaxattn.models`): "inputs" [B, S] and "targets" [B, T] int32, 0-padded, eos-ended;
 with ``packing=True`` also "inputs_segmentation"/"targets_segmentation" (1..n per pair, 0 = pad)
 and "inputs_position"/"targets_position" (0-based, restarting per pair). Shapes come from a small
 fixed set (`Datasets.batch_shapes`); rows that are all zero are padding (mask loss by

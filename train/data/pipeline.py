@@ -56,7 +56,7 @@ class Datasets:
     """What `make_datasets` returns.
 
     Attributes:
-        train: `iter(train)` is a grain DatasetIterator of numpy batches (API.md format) with
+        train: `iter(train)` is a grain DatasetIterator of numpy batches (`train.data` docstring format) with
             `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
         eval: {split: EvalSet} in `eval_splits` order (the first is validation).
         tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
@@ -325,7 +325,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
         process_count: number of hosts (default `jax.process_count()`).
 
     Returns:
-        `Datasets`; see its docstring and API.md for the batch format.
+        `Datasets`; see its docstring and the `train.data` docstring for the batch format.
     """
     _validate(config)
     if process_index is None or process_count is None:
