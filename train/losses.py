@@ -5,7 +5,14 @@ al. 2017 sec. 5.4. The target distribution is `1 - eps` on the reference token
 and `eps / (V - 1)` on every other token; we subtract that distribution's
 entropy so that a perfect model scores 0 (the loss is then a KL divergence)
 and report the unsmoothed negative log-likelihood beside it.
+
+Everything is written in terms of `logsumexp(logits)` and the target's logit,
+so that no [B, T, V] array other than the logits' own softmax is built, forward
+or backward (see `_target_logits`): at real vocabulary sizes the [B, T, V]
+passes, not the model, are what a train step pays for.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +20,55 @@ import jax.numpy as jnp
 __all__ = ["cross_entropy_sums", "PAD_ID"]
 
 PAD_ID = 0
+
+
+@jax.custom_vjp
+def _target_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """logits[b, t, targets[b, t]]: [B, T].
+
+    A gather forward, and a select backward: the autodiff transpose of the
+    gather is a scatter-add into a zero [B, T, V] array, which XLA:CPU
+    materialises and then reads again in every fusion that forms the logits'
+    gradient; the select fuses into that one elementwise loop instead.
+    """
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]          # [B, T]
+
+
+def _target_logits_fwd(logits, targets):
+    return _target_logits(logits, targets), (targets, logits.shape[-1])
+
+
+def _target_logits_bwd(residuals, g):
+    targets, vocab = residuals
+    is_target = targets[..., None] == jnp.arange(vocab, dtype=targets.dtype)[None, None, :]  # [B, T, V]
+    return jnp.where(is_target, g[..., None], jnp.zeros((), g.dtype)), None          # [B, T, V]
+
+
+_target_logits.defvjp(_target_logits_fwd, _target_logits_bwd)
+
+
+def _max_and_argmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """max and argmax over the last axis of [B, T, V] logits: [B, T] each.
+
+    Same values as `jnp.max` and `jnp.argmax` (the first maximum wins ties;
+    NaN counts as the maximum), in two levels: the max of each of n contiguous
+    blocks (n ~ sqrt(V)), the first block holding the overall max, then the
+    first max inside that block. XLA:CPU vectorises the max but not the
+    (value, index) reduction of `jnp.argmax`, which costs ~20 plain max passes
+    over the logits; here that reduction sees only 2 sqrt(V) values per row.
+    """
+    b, t, vocab = logits.shape
+    blocks = math.isqrt(vocab)
+    while vocab % blocks:
+        blocks -= 1
+    if blocks < 8:  # few divisors: one level
+        return jnp.max(logits, axis=-1), jnp.argmax(logits, axis=-1)
+    width = vocab // blocks
+    tiles = logits.reshape(b, t, blocks, width)                                      # [B, T, n, V/n]
+    tile_max = jnp.max(tiles, axis=-1)                                               # [B, T, n]
+    tile = jnp.argmax(tile_max, axis=-1)                                             # [B, T]
+    inside = jnp.take_along_axis(tiles, tile[..., None, None], axis=2)[..., 0, :]     # [B, T, V/n]
+    return jnp.max(tile_max, axis=-1), tile * width + jnp.argmax(inside, axis=-1)
 
 
 def cross_entropy_sums(
@@ -42,19 +98,21 @@ def cross_entropy_sums(
     vocab = logits.shape[-1]
     logits = logits.astype(jnp.float32)
     weights = (targets != PAD_ID).astype(jnp.float32)                       # [B, T]
-    log_probs = jax.nn.log_softmax(logits, axis=-1)                         # [B, T, V]
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [B, T]
+    peak, predicted = _max_and_argmax(jax.lax.stop_gradient(logits))        # [B, T], [B, T]
+    lse = peak + jnp.log(jnp.sum(jnp.exp(logits - peak[..., None]), axis=-1))  # [B, T]
+    target_logits = _target_logits(logits, targets)                         # [B, T]
+    nll = lse - target_logits                                               # [B, T]
     if label_smoothing > 0.0:
         confidence = 1.0 - label_smoothing
         low = label_smoothing / (vocab - 1)
-        # -sum_v q_v log p_v without materialising the [B, T, V] one-hot q.
-        sum_neg_log_probs = -jnp.sum(log_probs, axis=-1)                    # [B, T]
+        # -sum_v log p_v = V lse - sum_v logits_v, without a [B, T, V] log_softmax.
+        sum_neg_log_probs = vocab * lse - jnp.sum(logits, axis=-1)          # [B, T]
         smoothed = confidence * nll + low * (sum_neg_log_probs - nll)       # [B, T]
         entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low))
         smoothed = smoothed - entropy
     else:
         smoothed = nll
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)  # [B, T]
+    correct = (predicted == targets).astype(jnp.float32)                    # [B, T]
     return {
         "loss_sum": jnp.sum(smoothed * weights),
         "nll_sum": jnp.sum(nll * weights),

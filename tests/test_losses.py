@@ -1,0 +1,60 @@
+"""The loss's fast paths give the values and gradients of the textbook formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from train import losses
+
+
+def _reference_sums(logits, targets, eps):
+    """Label-smoothed KL with an explicit [B, T, V] target distribution, and jnp.argmax."""
+    vocab = logits.shape[-1]
+    log_probs = jax.nn.log_softmax(logits)                                          # [B, T, V]
+    one_hot = jax.nn.one_hot(targets, vocab)                                        # [B, T, V]
+    q = one_hot * (1 - eps) + (1 - one_hot) * eps / (vocab - 1)                     # [B, T, V]
+    entropy = -jnp.sum(jnp.where(q > 0, q * jnp.log(q), 0.0), -1)                   # [B, T]
+    weights = (targets != 0).astype(jnp.float32)                                    # [B, T]
+    loss = -jnp.sum(q * log_probs, -1) - entropy                                    # [B, T]
+    nll = -jnp.sum(one_hot * log_probs, -1)                                         # [B, T]
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)               # [B, T]
+    return {"loss_sum": jnp.sum(loss * weights), "nll_sum": jnp.sum(nll * weights),
+            "correct_sum": jnp.sum(correct * weights), "weight_sum": jnp.sum(weights)}
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("vocab", [72, 13])  # 72: two-level argmax (8 blocks of 9); 13: prime, one level
+def test_sums_and_gradients_match_reference(eps, vocab):
+    rng = np.random.default_rng(vocab)
+    logits = jnp.asarray(3 * rng.normal(size=(3, 5, vocab)), jnp.float32)          # [B, T, V]
+    targets = jnp.asarray(rng.integers(1, vocab, size=(3, 5)), jnp.int32)          # [B, T]
+    targets = targets.at[0, 3:].set(0).at[1, 0].set(int(jnp.argmax(logits[1, 0])))
+    got = losses.cross_entropy_sums(logits, targets, eps)
+    want = _reference_sums(logits, targets, eps)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert float(got["correct_sum"]) >= 1.0  # the planted argmax counts
+    grad = jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps)["loss_sum"])(logits)
+    want_grad = jax.grad(lambda x: _reference_sums(x, targets, eps)["loss_sum"])(logits)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+    grad = jax.jit(jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps)["nll_sum"]))(logits)
+    want_grad = jax.grad(lambda x: _reference_sums(x, targets, eps)["nll_sum"])(logits)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [64, 72, 13])
+def test_max_and_argmax_equal_jnp_with_ties_inf_and_nan(vocab):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, vocab)).astype(np.float32)                           # [B, T, V]
+    x[0, 0, :] = 1.0                                  # all tied: the first index wins
+    x[0, 1, [vocab - 1, 5, 2 * vocab // 3]] = 9.0     # ties in different blocks
+    x[0, 2, [7, 8]] = 9.0                             # ties inside one block
+    x[0, 3, :] = -np.inf
+    x[0, 3, vocab - 2] = 0.0
+    x[0, 4, [3, vocab - 3]] = np.inf
+    x[0, 5, [vocab - 4, 6]] = np.nan                  # NaN is the maximum, the first one wins
+    got_max, got_arg = losses._max_and_argmax(jnp.asarray(x))
+    np.testing.assert_array_equal(got_max, jnp.max(jnp.asarray(x), -1))
+    np.testing.assert_array_equal(got_arg, jnp.argmax(jnp.asarray(x), -1))
+    assert int(got_arg[0, 0]) == 0 and int(got_arg[0, 2]) == 7 and int(got_arg[0, 5]) == 6
