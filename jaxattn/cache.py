@@ -88,7 +88,8 @@ def update_kv_cache(cache: dict[str, Float[Array, "B L K H"]],
 def cached_attention(query_step: Float[Array, "B 1 N H"],
                      cache: dict[str, Float[Array, "B L K H"]],
                      index: Int[ArrayLike, ""],
-                     key_valid: Bool[Array, "B L"] | None = None, *,
+                     key_valid: Bool[Array, "B L"] | None = None,
+                     bias: Float[Array, "#B #N 1 #L"] | None = None, *,
                      scale: float | None = None,
                      implementation: str | None = None) -> Float[Array, "B 1 N H"]:
     """Attends one query step over cache positions 0..index.
@@ -100,6 +101,9 @@ def cached_attention(query_step: Float[Array, "B 1 N H"],
       index: integer scalar, the position of this step.
       key_valid: [B, L] bool, extra per-position validity (e.g. a left-padded
         prompt), or None.
+      bias: float broadcastable to [B, N, 1, L] added to the energies of query
+        `index` against cache positions 0..L-1 (ALiBi, relative positions), or
+        None. Positions after `index` are masked whatever their bias.
       scale: energy multiplier, default 1/sqrt(H).
       implementation: see `dot_product_attention`.
 
@@ -108,7 +112,7 @@ def cached_attention(query_step: Float[Array, "B 1 N H"],
     """
     b, length, _, h = _check_cache(cache)
     _checks.check_shape(query_step, "query_step", (b, 1, None, h), "B1NH")
-    _checks.check_qkv(query_step, cache["key"], cache["value"],
+    _checks.check_qkv(query_step, cache["key"], cache["value"], bias=bias,
                       names=("query_step", "cache['key']", "cache['value']"))
     _check_index(index)
     mask = jnp.arange(length)[None, :] <= index  # [1, L]
@@ -117,5 +121,5 @@ def cached_attention(query_step: Float[Array, "B 1 N H"],
         _checks.check_bool(key_valid, "key_valid")
         mask = mask & key_valid  # [B, L]
     mask = _checks.to_rank(mask, 2)[:, None, None, :]  # [B|1, 1, 1, L]
-    return dot_product_attention(query_step, cache["key"], cache["value"], mask,
+    return dot_product_attention(query_step, cache["key"], cache["value"], mask, bias,
                                  scale=scale, implementation=implementation)

@@ -53,6 +53,33 @@ class CacheTest(chex.TestCase):
             chex.assert_shape(out, (B, 1, N, H))
             np.testing.assert_allclose(out[:, 0], want[:, i], atol=1e-5, err_msg=f"step {i}")
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_step_by_step_with_bias_equals_full_attention(self):
+        q, k, v = _normal(0, (B, L, N, H)), _normal(1, (B, L, K, H)), _normal(2, (B, L, K, H))
+        offset = jnp.abs(jnp.arange(L)[:, None] - jnp.arange(L)[None, :])  # [T, S]
+        biases = {
+            "[B, N, T, S], random at the future positions too": _normal(3, (B, N, L, L)),
+            # ALiBi-like, without the batch axis: broadcast as in the uncached call.
+            "[N, T, S]": -jnp.arange(1.0, N + 1.0)[:, None, None] * offset[None],
+        }
+
+        @self.variant
+        def step(cache, i, q_i, k_i, v_i, bias_i):
+            cache = jaxattn.update_kv_cache(cache, k_i, v_i, i)
+            return cache, jaxattn.cached_attention(q_i, cache, i, bias=bias_i)
+
+        for name, bias in biases.items():
+            want = jaxattn.dot_product_attention(q, k, v, jaxattn.causal_mask(L), bias,
+                                                 implementation="reference")  # [B, T, N, H]
+            cache = jaxattn.init_kv_cache(B, L, K, H)
+            for i in range(L):
+                sl = slice(i, i + 1)
+                cache, out = step(cache, jnp.int32(i), q[:, sl], k[:, sl], v[:, sl],
+                                  bias[..., sl, :])  # bias [..., 1, L]
+                chex.assert_shape(out, (B, 1, N, H))
+                np.testing.assert_allclose(out[:, 0], want[:, i], atol=1e-5,
+                                           err_msg=f"bias {name}, step {i}")
+
     def test_future_positions_are_ignored(self):
         # Garbage beyond index must not leak in.
         q = _normal(0, (B, 1, N, H))
@@ -82,6 +109,8 @@ _step = jnp.zeros((B, 1, K, H))
      "key_valid: expected a boolean mask"),
     (lambda: jaxattn.cached_attention(jnp.zeros((B, 1, N, H)), _c, 0, jnp.ones((B, 3), bool)),
      r"key_valid: expected shape \[3, 7\], got \[3, 3\]"),
+    (lambda: jaxattn.cached_attention(jnp.zeros((B, 1, N, H)), _c, 0, bias=jnp.zeros((B, N, 2, L))),
+     r"bias: expected a shape broadcastable to \[B, N, T, S\] = \[3, 6, 1, 7\], got \[3, 6, 2, 7\]"),
 ])
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -12,8 +12,8 @@ T5 buckets) and `process_heads` hook (rotary) as arguments, computed once per
 stack by the Transformer (`positional.POSITIONS`); cross-attention takes neither.
 
 Decoding: `DecoderLayer.step` runs one position against a self-attention KV
-cache (`jaxattn.update_kv_cache`, then attention over the cache positions
-0..index) and cross-attention keys and values projected once per source
+cache (`jaxattn.update_kv_cache`, then `jaxattn.cached_attention` over the
+cache positions 0..index) and cross-attention keys and values projected once per source
 sentence (`DecoderLayer.project_memory`).
 """
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxattn import masks
 from jaxattn.attention import dot_product_attention
-from jaxattn.cache import update_kv_cache
+from jaxattn.cache import cached_attention, update_kv_cache
 from jaxattn.models.configs import TransformerConfig
 from jaxattn.multihead import multi_head_attention, project_heads, project_out
 
@@ -135,11 +134,8 @@ class MultiHeadAttention(nn.Module):
         if process_heads is not None:
             q, k = process_heads(q, k)  # [B, 1, N, H], [B, 1, K, H]
         cache = update_kv_cache(cache, k, kv["value"], index)
-        length = cache["key"].shape[1]
-        visible = masks.lengths_to_mask(jnp.reshape(index + 1, (1,)), length)  # [1, L]: 0..index
-        out = dot_product_attention(q, cache["key"], cache["value"],
-                                    masks.key_padding_mask(visible), bias,
-                                    implementation=self.config.attention_implementation)  # [B, 1, N, H]
+        out = cached_attention(q, cache, index, bias=bias,
+                               implementation=self.config.attention_implementation)  # [B, 1, N, H]
         return project_out(self.out(), out), cache  # [B, 1, D]
 
     def step_cross(self, x, memory, mask):
