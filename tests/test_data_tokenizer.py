@@ -32,10 +32,37 @@ def test_round_trip(model_type):
         assert data.BOS_ID not in ids.tolist() and data.PAD_ID not in ids.tolist()
         assert tok.decode(ids) == text
         assert tok.decode(np.concatenate([ids, [0, 0]])) == text  # padding ignored
-    padded = np.zeros((2, 12), np.int32)
-    a, b = tok.encode("one"), tok.encode("zwei")
-    padded[0, :len(a)], padded[1, :len(b)] = a, b
-    assert tok.decode_batch(padded) == ["one", "zwei"]
+    assert tok.decode_batch(tok.encode_batch(["one", "zwei"], length=12)) == ["one", "zwei"]
+
+
+def test_encode_batch_is_encode_per_row_then_zero_padding(tok):
+    texts = ["seven hundred and twelve", "one", "", "neunzehn"]
+    rows = [tok.encode(t) for t in texts]
+    batch = tok.encode_batch(texts)                                        # [B, L]
+    assert batch.dtype == np.int32 and batch.shape == (4, max(map(len, rows)))
+    for row, ids in zip(batch, rows):
+        np.testing.assert_array_equal(row[:len(ids)], ids)                 # eos-terminated
+        np.testing.assert_array_equal(row[len(ids):], data.PAD_ID)
+    assert tok.decode_batch(batch) == texts
+    wide = tok.encode_batch(texts, add_eos=False, length=20)               # [B, 20]
+    assert wide.shape == (4, 20) and data.EOS_ID not in wide
+    for row, ids in zip(wide, rows):
+        np.testing.assert_array_equal(row, np.pad(ids[:-1], (0, 21 - len(ids))))
+    assert tok.encode_batch([]).shape == (0, 0)
+    with pytest.raises(ValueError, match=rf"rows: the longest has {max(map(len, rows))} ids, expected at most length=3"):
+        tok.encode_batch(texts, length=3)
+    with pytest.raises(ValueError, match="texts: expected a sequence of strings"):
+        tok.encode_batch("one")
+
+
+def test_pad_rows():
+    out = tk.pad_rows([[5, 3], np.array([7, 8, 3], np.int32)], num_rows=3)  # [3, 3]
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, [[5, 3, 0], [7, 8, 3], [0, 0, 0]])
+    np.testing.assert_array_equal(tk.pad_rows([[5]], length=4), [[5, 0, 0, 0]])
+    assert tk.pad_rows([], length=2, num_rows=1).tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="num_rows: got 1, expected at least the 2 rows given"):
+        tk.pad_rows([[1], [2]], num_rows=1)
 
 
 def test_decode_stops_at_eos(tok):

@@ -139,10 +139,7 @@ def test_nbest_scores_descend_and_the_first_is_beam_search_best(trained, batched
         scores = [h.score for h in hypotheses]
         assert np.all(np.isfinite(scores)) and scores == sorted(scores, reverse=True)
     tok, decode = trained.tokenizers, trained.config.decode
-    inputs = np.zeros((3, 24), np.int32)                                       # [B, S]
-    for i, sentence in enumerate(sentences[:1] + sentences[2:]):
-        ids = tok.source.encode(sentence)
-        inputs[i, :len(ids)] = ids
+    inputs = tok.source.encode_batch(sentences[:1] + sentences[2:], length=24)  # [B, S]
     # decode.max_length = 12 <= 2 * S + 10: the relative limit never binds, the search is beam_search's.
     best = decoding.beam_search(trained.model, trained.params, inputs, max_len=decode.max_length,
                                 beam_size=max(k, decode.beam_size), alpha=decode.alpha)  # [B, T']
@@ -159,10 +156,9 @@ def test_relative_max_length_cuts_each_row(trained):
     assert all(len(trained.tokenizers.target.encode(o, add_eos=False)) <= 1 for o in outputs)
     decode = _with_decode(trained, max_length_a=1.0, max_length_b=0, max_length=12).config.decode
     tok = trained.tokenizers.source
-    ids = [tok.encode(s) for s in ("five", "seven hundred and seventy seven")]
-    inputs = np.zeros((len(ids), 24), np.int32)                                # [B, S]
-    for i, e in enumerate(ids):
-        inputs[i, :len(e)] = e
+    texts = ("five", "seven hundred and seventy seven")
+    ids = [tok.encode(s) for s in texts]
+    inputs = tok.encode_batch(texts, length=24)                                # [B, S]
     tokens = np.asarray(evaluation.make_decode_fn(trained.model, decode)(trained.params, inputs))  # [B, T']
     assert tokens.shape == (2, 12)  # the search ran to min(a * 24 + b, max_length) for the padded width
     for row, e in zip(tokens, ids):  # each row = greedy search bounded by its own limit, S tokens
@@ -177,12 +173,9 @@ def test_score_equals_a_hand_computation(trained, batched):
     scores = batched.score(pairs)  # two batches, the second with a padding row
     assert scores[1] is None
     tok = trained.tokenizers
-    sources = [tok.source.encode(p[0]) for p in pairs if p]
+    inputs = tok.source.encode_batch([p[0] for p in pairs if p])              # [B, S]
+    padded = tok.target.encode_batch([p[1] for p in pairs if p])              # [B, T]
     targets = [tok.target.encode(p[1]) for p in pairs if p]
-    inputs = np.zeros((3, max(map(len, sources))), np.int32)                  # [B, S]
-    padded = np.zeros((3, max(map(len, targets))), np.int32)                  # [B, T]
-    for i, (x, y) in enumerate(zip(sources, targets)):
-        inputs[i, :len(x)], padded[i, :len(y)] = x, y
     apply = jax.jit(lambda p, x, y: trained.model.apply({"params": p}, x, y, train=False))
     logits = np.asarray(apply(trained.params, inputs, padded), np.float64)    # [B, T, V]
     for score, target, row in zip([s for s in scores if s], targets, logits):

@@ -31,13 +31,38 @@ import sentencepiece as spm
 
 from train.errors import UserError
 
-__all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers",
+__all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers", "pad_rows",
            "train_sentencepiece", "load_or_train_tokenizers", "load_tokenizers", "MODEL_TYPES"]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
 _SPACES = re.compile(" {2,}")
 _log = logging.getLogger(__name__)
+
+
+def pad_rows(rows: Sequence[Sequence[int] | np.ndarray], length: int | None = None,
+             num_rows: int | None = None) -> np.ndarray:
+    """B id rows of different lengths -> one [num_rows, length] int32 array, pad-filled at the end.
+
+    Args:
+        rows: B rows of token ids, each at most `length` long.
+        length: L, the padded width; None = the longest row (0 without rows).
+        num_rows: rows of the result (>= B); the rows after the B given are all pad. None = B.
+
+    Returns:
+        [num_rows, L] int32: row b holds `rows[b]` followed by PAD_ID.
+    """
+    longest = max((len(row) for row in rows), default=0)
+    length = longest if length is None else length
+    num_rows = len(rows) if num_rows is None else num_rows
+    if longest > length:
+        raise ValueError(f"rows: the longest has {longest} ids, expected at most length={length}")
+    if num_rows < len(rows):
+        raise ValueError(f"num_rows: got {num_rows}, expected at least the {len(rows)} rows given")
+    out = np.full((num_rows, length), PAD_ID, np.int32)  # [rows, L]
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
 
 
 class Tokenizer:
@@ -88,6 +113,25 @@ class Tokenizer:
         """Text -> [L] int32 ids, ending with eos unless `add_eos` is False."""
         ids = self._sp.encode(text, add_eos=add_eos)
         return np.asarray(ids, dtype=np.int32)  # [L]
+
+    def encode_batch(self, texts: Sequence[str], *, add_eos: bool = True,
+                     length: int | None = None) -> np.ndarray:
+        """B texts -> [B, L] int32 ids (see `encode`), padded with PAD_ID (0) at the end.
+
+        The format of the trainer's batches and of the models' inputs. Nothing is cut: a text
+        longer than `length` raises (truncating or filtering is `data.length_policy`'s job).
+
+        Args:
+            texts: B sentences.
+            add_eos: end every row's ids with eos.
+            length: L, the padded width; None = the longest encoded text.
+
+        Returns:
+            [B, L] int32.
+        """
+        if isinstance(texts, str):
+            raise ValueError(f"texts: expected a sequence of strings, got the string {texts[:40]!r}")
+        return pad_rows([self.encode(text, add_eos=add_eos) for text in texts], length)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """[L] ids -> text; stops at the first eos and drops pad and bos.
