@@ -66,7 +66,7 @@ def _step_time(model, variables, inputs, length, rows_per_input, steps):
         inputs = jnp.repeat(inputs, rows_per_input, axis=0)
         stepper = make_stepper(model, variables, encode(model, variables, inputs), length,
                                cached=False)
-        tokens = jnp.full((inputs.shape[0],), 2, jnp.int32)
+        tokens = jnp.full((inputs.shape[0],), model.config.bos_id, jnp.int32)  # [B]
 
         def body(i, carry):
             state, tokens = carry

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_encoder_layers = 3  # encoder layers
     config.model.num_decoder_layers = 3  # decoder layers
     config.model.mlp_dim = 256  # F, feed-forward hidden size
-    config.model.max_len = 256  # longest position of learned positions (and of the T5 / location tables)
+    config.model.max_len = 256  # longest position of learned positions (the other schemes have no bound)
     config.model.positional = "sinusoidal"  # jaxattn.models.POSITIONS: sinusoidal (sec. 3.5), learned, alibi, t5, rotary
     config.model.norm = "pre"  # "pre" LayerNorm trains faster at small scale; "post" = paper
     config.model.dropout_rate = 0.1  # residual/embedding dropout P_drop

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
+from jaxattn.models import count_params
 from train import cli, evaluation, run_config, train_lib
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
 from train.data import load_tokenizers
@@ -197,7 +198,7 @@ def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
     rng = jax.random.key(0)
     tokens = jnp.ones((1, 8), jnp.int32)                                      # [B, S]
     shapes = jax.eval_shape(lambda: model.init({"params": rng, "dropout": rng}, tokens, tokens))
-    return int(sum(x.size for x in jax.tree.leaves(shapes["params"])))
+    return count_params(shapes["params"])
 
 
 def machine_description() -> str:
