@@ -66,9 +66,12 @@ def test_shapes_and_alignment(setup):
         variables, inputs, targets)
     if config.attention == "none":
         assert "intermediates" not in state or not state["intermediates"]
+        assert capture.attention_map(state.get("intermediates", {})) is None
         return
     (alignment,) = state["intermediates"]["alignment"]
     chex.assert_shape(alignment, (3, 5, 7))
+    # What a heatmap shows: the alignments as one head.
+    np.testing.assert_array_equal(capture.attention_map(state["intermediates"]), alignment[:, None])
     valid = np.asarray(inputs != 0)
     np.testing.assert_allclose(alignment.sum(-1), 1.0, atol=1e-5)
     assert np.all(np.asarray(alignment)[~np.broadcast_to(valid[:, None, :], alignment.shape)] == 0)
@@ -124,6 +127,31 @@ def test_scheduled_sampling(setup):
     assert apply._cache_size() == 1
 
 
+def test_sampling_schedule_takes_the_step_in_training():
+    model = build_model(_config("bahdanau-gru-bi"))
+    inputs, targets = toy_batch()
+    variables = numpy_init(model, inputs, targets)
+    rngs = {"dropout": jax.random.key(0), "sampling": jax.random.key(1)}
+    scheduled = model.clone(sampling_schedule=lambda step: jnp.minimum(step / 10, 1.0))
+    apply = jax.jit(lambda m, train, **kw: m.apply(variables, inputs, targets, train=train,
+                                                   rngs=rngs, mutable=["metrics"], **kw),
+                    static_argnums=(0, 1))
+    for step in (0, 4, 10):  # the schedule's probability, as if passed by hand
+        logits, state = apply(scheduled, True, step=step)
+        expected, by_hand = apply(model, True, sampling_prob=min(step / 10, 1.0))
+        np.testing.assert_allclose(logits, expected, atol=1e-6)
+        np.testing.assert_allclose(state["metrics"]["sampling_probability"], [min(step / 10, 1.0)])
+        np.testing.assert_array_equal(by_hand["metrics"]["sampling_probability"],
+                                      state["metrics"]["sampling_probability"])
+    # Teacher forcing outside training or without a step: nothing sampled, nothing reported.
+    forced, _ = apply(model, True)
+    assert not np.allclose(logits, forced, atol=1e-3)  # step 10: p = 1, every token sampled
+    for train, kw in ((False, dict(step=10)), (True, {})):
+        logits, state = apply(scheduled, train, **kw)
+        np.testing.assert_allclose(logits, forced, atol=1e-6)
+        assert not state.get("metrics")
+
+
 def test_real_init_and_bf16_compute_is_finite():
     config = _config("bahdanau-gru-bi", dtype=jnp.bfloat16)
     model = build_model(config)
@@ -151,7 +179,7 @@ def test_overfits_tiny_batch(name):
 def test_packed_batches_are_rejected(setup):
     _, model, variables, _ = setup
     inputs, targets = toy_batch()
-    with pytest.raises(ValueError, match="inputs_segmentation"):
+    with pytest.raises(TypeError, match="inputs_segmentation"):  # no such argument
         model.apply(variables, inputs, targets, inputs_segmentation=jnp.ones_like(inputs))
 
 

@@ -63,6 +63,9 @@ def test_shapes_and_attention_weights(setup):
     future = np.triu(np.ones((5, 5), bool), k=1)
     assert np.all(np.asarray(weights["decoder_self"])[..., future] == 0)
     np.testing.assert_allclose(weights["cross"].sum(-1), 1.0, atol=1e-5)
+    # What a heatmap shows: the last decoder layer's cross-attention.
+    np.testing.assert_array_equal(capture.attention_map(state["intermediates"]), weights["cross"][-1])
+    assert capture.attention_map({}) is None
     _, state = jax.eval_shape(functools.partial(model.apply, mutable=["intermediates"]),
                               variables, inputs, targets)
     assert not state.get("intermediates")  # nothing computed on the default path
@@ -173,11 +176,13 @@ def test_bad_config_raises(fields, match):
         TransformerConfig(vocab_size=V, **fields)
 
 
-def test_scheduled_sampling_is_rejected(setup):
-    _, model, variables, _ = setup
+def test_scheduled_sampling_is_rejected_and_step_is_ignored(setup):
+    _, model, variables, forward = setup
     inputs, targets = toy_batch()
-    with pytest.raises(ValueError, match="sampling_prob"):
+    with pytest.raises(TypeError, match="sampling_prob"):  # an RNN option: no such argument
         model.apply(variables, inputs, targets, sampling_prob=0.5)
+    np.testing.assert_array_equal(forward(variables, inputs, targets, step=7),
+                                  forward(variables, inputs, targets))
 
 
 def test_build_model_rejects_unknown_config():

@@ -15,9 +15,13 @@ Training (teacher forcing)::
     logits = model.apply(variables, inputs, targets, train=True,
                          rngs={"dropout": dropout_rng})   # [B, T, V] float32
     # packed batches (Transformer only): inputs_segmentation=, targets_segmentation=,
-    #   inputs_positions=, targets_positions= ([B, S] / [B, T] int) as keyword args.
-    # scheduled sampling (RNN only): sampling_prob=p (a float scalar, may be traced,
-    #   so a schedule does not recompile) and rngs={"dropout": ..., "sampling": ...}.
+    #   inputs_positions=, targets_positions= ([B, S] / [B, T] int) as keyword args,
+    #   the names of the data pipeline's batch fields: `model.apply(variables, **batch)`.
+    # step= (the optimizer step, may be traced): every model takes it; the RNN built with
+    #   `sampling_schedule=` turns it into scheduled sampling in training. Or pass
+    #   sampling_prob=p (RNN only; a float scalar, may be traced, so a schedule does not
+    #   recompile). Either needs rngs={"dropout": ..., "sampling": ...}; the probability
+    #   used is reported in the "metrics" collection (mutable=["metrics"]).
 
 The decoder reads `shift_right(targets)` with <sos> (bos_id) in front; the loss is
 cross-entropy of `logits` against `targets` masked by `targets != pad_id`.
@@ -44,6 +48,8 @@ the model with `config.replace(capture_attention=True)` and ask for the
     # Transformer: collect_attention_weights(state["intermediates"]) ->
     #   {"encoder_self": [L, B, N, S, S], "decoder_self": [L, B, N, T, T],
     #    "cross": [L, B, N, T, S]}
+    # What a heatmap shows, per model: model.attention_map(state["intermediates"]) ->
+    #   [B, N, T, S] (RNN: N = 1), or None for a model without attention.
 
 For a decoded sentence, run this teacher-forced pass on (inputs, decoded tokens).
 """

@@ -8,12 +8,17 @@ forcing runs the decoder step as one compiled `nn.scan`; scheduled sampling
 a schedule never recompiles), a token sampled from the model's previous output
 instead of the gold one.
 
+The probability comes from `sampling_prob=` or, in training, from the module's
+`sampling_schedule(step)` given the optimizer step; the pass reports it as the
+"metrics" collection's "sampling_probability".
+
 Trainer-facing interface (shared with `Transformer`, see `jaxattn.models`):
-`__call__`, `encode`, `decode`, `init_cache`, `decode_step`.
+`__call__`, `encode`, `decode`, `init_cache`, `decode_step`, `attention_map`.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -27,9 +32,6 @@ from jaxattn.models.teacher_forcing import shift_right
 
 __all__ = ["RNNSeq2Seq"]
 
-_PACKED_KEYS = ("inputs_segmentation", "targets_segmentation", "inputs_positions",
-                "targets_positions")
-
 
 def _scan_body(cell, carry, xs, memory, *, train):
     return cell(carry, xs, memory, train=train)
@@ -40,9 +42,13 @@ class RNNSeq2Seq(nn.Module):
 
     Attributes:
       config: `RNNConfig`.
+      sampling_schedule: scheduled sampling in training: the optimizer step
+        (int scalar, may be traced) -> the probability of feeding a sampled
+        token (float scalar); None = teacher forcing only.
     """
 
     config: RNNConfig
+    sampling_schedule: Callable | None = None
 
     def setup(self):
         cfg = self.config
@@ -50,8 +56,7 @@ class RNNSeq2Seq(nn.Module):
         self.bridge = Bridge(cfg)
         self.cell = DecoderCell(cfg)
 
-    def __call__(self, inputs, targets, *, train: bool = False, sampling_prob=None,
-                 **packed):
+    def __call__(self, inputs, targets, *, train: bool = False, step=None, sampling_prob=None):
         """Teacher-forced forward pass.
 
         Args:
@@ -59,21 +64,22 @@ class RNNSeq2Seq(nn.Module):
           targets: [B, T] int target ids (0-padded, eos-terminated); the decoder
             reads `shift_right(targets)` with <sos> in front.
           train: enables dropout ("dropout" rng).
+          step: the optimizer step (int scalar, may be traced); in training it
+            gives `sampling_prob = sampling_schedule(step)` when the module has a
+            schedule and `sampling_prob` is None.
           sampling_prob: None (pure teacher forcing) or a float scalar (may be
             traced): per position, the probability of feeding a token sampled
             from the model instead of the gold one (needs a "sampling" rng).
-          **packed: packed-batch keys; RNNs do not support packing, so passing a
-            non-None value raises.
+            Reported as the "metrics" collection's "sampling_probability" (kept
+            when "metrics" is mutable).
 
         Returns:
           [B, T, V] float32 logits.
         """
-        for name, value in packed.items():
-            if name not in _PACKED_KEYS:
-                raise TypeError(f"RNNSeq2Seq got an unexpected keyword argument {name!r}")
-            if value is not None:
-                raise ValueError(f"{name}: packed batches are not supported by the RNN models "
-                                 f"(use unpacked batches), got shape {_checks.fmt(value.shape)}")
+        if sampling_prob is None and train and step is not None and self.sampling_schedule is not None:
+            sampling_prob = self.sampling_schedule(step)
+        if sampling_prob is not None:
+            self.sow("metrics", "sampling_probability", jnp.asarray(sampling_prob, jnp.float32))
         encoded = self.encode(inputs, train=train)
         return self.decode(encoded, targets, train=train, sampling_prob=sampling_prob)
 
@@ -163,3 +169,18 @@ class RNNSeq2Seq(nn.Module):
         if cfg.capture_attention and weights is not None:
             self.sow("intermediates", "alignment", jnp.swapaxes(weights, 0, 1))  # [B, T, S]
         return jnp.swapaxes(logits, 0, 1)  # [B, T, V]
+
+    @nn.nowrap
+    def attention_map(self, intermediates):
+        """What to plot of a pass's "intermediates" (built with `capture_attention=True`).
+
+        Args:
+          intermediates: the "intermediates" collection of
+            `model.apply(..., mutable=["intermediates"])`.
+
+        Returns:
+          [B, 1, T, S] alignments (one "head"), or None without attention.
+        """
+        if "alignment" not in intermediates:
+            return None
+        return intermediates["alignment"][0][:, None]  # [B, 1, T, S]

@@ -10,7 +10,7 @@ given to every layer. Packed batches use segment ids and per-segment positions
 (`jaxattn.segment_mask`).
 
 Trainer-facing interface (shared with `RNNSeq2Seq`, see `jaxattn.models`):
-`__call__`, `encode`, `decode`, `init_cache`, `decode_step`.
+`__call__`, `encode`, `decode`, `init_cache`, `decode_step`, `attention_map`.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class Transformer(nn.Module):
 
     # -- interface ----------------------------------------------------------------------
 
-    def __call__(self, inputs, targets, *, train: bool = False, sampling_prob=None,
+    def __call__(self, inputs, targets, *, train: bool = False, step=None,
                  inputs_segmentation=None, targets_segmentation=None,
                  inputs_positions=None, targets_positions=None):
         """Teacher-forced forward pass.
@@ -112,7 +112,7 @@ class Transformer(nn.Module):
           targets: [B, T] int target ids (0-padded); the decoder reads
             `shift_right(targets)` (<sos> at every segment start).
           train: enables dropout ("dropout" rng).
-          sampling_prob: must be None (scheduled sampling is an RNN option).
+          step: the optimizer step; unused (the interface is shared with the RNN).
           inputs_segmentation, targets_segmentation: [B, S] / [B, T] int segment
             ids of packed rows (1..n, 0 = pad), or None for unpacked batches.
           inputs_positions, targets_positions: [B, S] / [B, T] int per-segment
@@ -121,9 +121,7 @@ class Transformer(nn.Module):
         Returns:
           [B, T, V] float32 logits.
         """
-        if sampling_prob is not None:
-            raise ValueError("sampling_prob: scheduled sampling is implemented for the RNN "
-                             "models only; expected None for the Transformer")
+        del step
         encoded = self.encode(inputs, train=train, inputs_segmentation=inputs_segmentation,
                               inputs_positions=inputs_positions)
         return self.decode(encoded, targets, train=train,
@@ -167,7 +165,7 @@ class Transformer(nn.Module):
         return encoded
 
     def decode(self, encoded, targets, *, train: bool = False, targets_segmentation=None,
-               targets_positions=None, sampling_prob=None):
+               targets_positions=None):
         """Teacher-forced decoder stack.
 
         Args:
@@ -175,15 +173,12 @@ class Transformer(nn.Module):
           targets: [B, T] int target ids.
           train: enables dropout.
           targets_segmentation, targets_positions: packed-batch [B, T] ints or None.
-          sampling_prob: must be None.
 
         Returns:
           [B, T, V] float32 logits. With `config.capture_attention`, every attention
           sows "attention_weights" [B, N, T, S] (see `collect_attention_weights`).
         """
         cfg = self.config
-        if sampling_prob is not None:
-            raise ValueError("sampling_prob: expected None for the Transformer")
         b, t = _checks.check_rank(targets, "targets", "BT")
         _checks.check_int(targets, "targets")
         _checks.check_shape(encoded["encoded"], "encoded['encoded']",
@@ -266,6 +261,21 @@ class Transformer(nn.Module):
         if cfg.norm == "pre":
             y = self.decoder_norm(y)
         return self._logits(y)[:, 0], {"self": tuple(caches)}  # [B, V]
+
+    @nn.nowrap
+    def attention_map(self, intermediates):
+        """What to plot of a pass's "intermediates" (built with `capture_attention=True`).
+
+        Args:
+          intermediates: the "intermediates" collection of
+            `model.apply(..., mutable=["intermediates"])`.
+
+        Returns:
+          [B, N, T, S] cross-attention of the last decoder layer, or None when
+          nothing was captured.
+        """
+        cross = collect_attention_weights(intermediates).get("cross")
+        return None if cross is None else cross[-1]  # [B, N, T, S]
 
 
 def collect_attention_weights(intermediates):
