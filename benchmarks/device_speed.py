@@ -139,7 +139,7 @@ def _packed_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict[str
     """A packed batch with the trainer's keys: pairs of 8..length/4 tokens, rows filled in turn."""
     rng = np.random.default_rng(seed)
     batch = {f"{side}{suffix}": np.zeros((rows, length), np.int32)  # [B, L]
-             for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_position")}
+             for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_positions")}
     for r in range(rows):
         used, segment = [0, 0], 0
         while True:
@@ -153,7 +153,7 @@ def _packed_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict[str
                 span = slice(used[s], used[s] + sizes[s])
                 batch[side][r, span] = ids
                 batch[f"{side}_segmentation"][r, span] = segment
-                batch[f"{side}_position"][r, span] = np.arange(sizes[s])
+                batch[f"{side}_positions"][r, span] = np.arange(sizes[s])
                 used[s] += sizes[s]
     return batch
 
@@ -176,23 +176,23 @@ def _jaxattn_step(sizes, batch, implementation=None, abstract=False):
 
     With `abstract`, the state is only its shapes (enough to lower the step).
     """
-    from train import optim, run_config, sharding, steps  # noqa: PLC0415
+    from train import run_config, sharding, steps  # noqa: PLC0415
     from train.configs import transformer_base_wmt14  # noqa: PLC0415
 
     config = transformer_base_wmt14.get_config()
     config.compute_dtype = "bfloat16"
     config.model.update(sizes.train_model)
     config.model.attention_implementation = implementation
-    model = run_config.build_model(config, sizes.train_vocab)
-    parallel = sharding.MeshParallel(jax.devices()[:1])
-    tx = optim.make_optimizer(config)
-    init_fn = functools.partial(steps.init_state, model=model, tx=tx, input_shape=(1, 8),
-                                target_shape=(1, 8))
+    built = run_config.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
+    built = built.with_vocab_size(sizes.train_vocab)
+    parallel = built.parallel
+    init_fn = functools.partial(steps.init_state, model=built.model, tx=built.optimizer,
+                                input_shape=(1, 8), target_shape=(1, 8))
     make = parallel.abstract_state if abstract else parallel.create_state
     state = make(init_fn, jax.random.key(0))
     step = parallel.compile_train_step(functools.partial(
-        steps.train_step, model=model, label_smoothing=config.label_smoothing,
-        learning_rate_fn=optim.make_schedule(config)))
+        steps.train_step, model=built.model, label_smoothing=config.label_smoothing,
+        learning_rate_fn=built.schedule))
     return step, state, parallel.put_batch(batch), config
 
 
@@ -241,8 +241,8 @@ def _peer_step(path: str, config, vocab: int, batch):
         def loss_fn(params):
             logits = module.apply(
                 {"params": params}, batch["inputs"], targets,
-                inputs_positions=batch["inputs_position"],
-                targets_positions=batch["targets_position"],
+                inputs_positions=batch["inputs_positions"],
+                targets_positions=batch["targets_positions"],
                 inputs_segmentation=batch["inputs_segmentation"],
                 targets_segmentation=batch["targets_segmentation"],
                 rngs={"dropout": jax.random.fold_in(rng, state.step)})   # [B, T, V]
@@ -260,6 +260,8 @@ def _peer_step(path: str, config, vocab: int, batch):
 
 
 def train_step_speed(sizes, emit, flax_wmt: str, peak_tflops: float | None) -> bool:
+    from jaxattn.models import count_params  # noqa: PLC0415
+
     rows, length = sizes.train_batch
     batch = _packed_batch(rows, length, sizes.train_vocab)
     tokens = int(np.sum(batch["inputs"] != 0) + np.sum(batch["targets"] != 0))
@@ -291,7 +293,7 @@ def train_step_speed(sizes, emit, flax_wmt: str, peak_tflops: float | None) -> b
 
     def row(name, compiled, state, device_batch):
         compiled = compiled.lower(state, device_batch, rng).compile()
-        params = sum(x.size for x in jax.tree.leaves(state.params))
+        params = count_params(state.params)
         seconds, state = _time_steps(compiled, state, device_batch, rng, sizes.train_steps,
                                      sizes.train_repeats)
         _, metrics = compiled(state, device_batch, rng)

@@ -136,14 +136,14 @@ def test_packing_invariants(dirs, train_pairs):
     seen = collections.Counter()
     for batch in ds.train:
         assert set(batch) == {"inputs", "targets", "inputs_segmentation", "targets_segmentation",
-                              "inputs_position", "targets_position"}
+                              "inputs_positions", "targets_positions"}
         for key in batch:
             assert batch[key].shape == (8, 24) and batch[key].dtype == np.int32
         for r in range(8):
             row_pairs = {}
             for side in ("inputs", "targets"):
                 tokens, seg, pos = (batch[side][r], batch[f"{side}_segmentation"][r],
-                                    batch[f"{side}_position"][r])
+                                    batch[f"{side}_positions"][r])
                 assert ((seg == 0) == (tokens == data.PAD_ID)).all()  # pad exactly where no segment
                 assert (pos[seg == 0] == 0).all()
                 ids = [s for s in np.unique(seg) if s]
@@ -167,11 +167,12 @@ def test_eval_sets(dirs):
     evalset = ds.eval["test"]
     assert evalset.pairs == [catalog.record_pair(source[i], "en", "de")
                              for i in range(len(source))]
-    index = np.concatenate([b["example_index"] for b in evalset.batches])
+    index = np.concatenate([b.example_index for b in evalset.batches])
     assert sorted(index[index >= 0].tolist()) == list(range(50))
-    for batch in evalset.batches:
+    for batch, example_index in evalset.batches:
+        assert set(batch) == {"inputs", "targets"}  # the model batch; the index lies beside it
         assert batch["inputs"].shape[0] == 16
-        for row, i in enumerate(batch["example_index"]):
+        for row, i in enumerate(example_index):
             if i < 0:
                 assert not batch["inputs"][row].any()
                 continue

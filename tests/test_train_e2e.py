@@ -141,11 +141,11 @@ def test_interrupted_run_resumes_bitwise(tmp_path, data_dir, monkeypatch):
     class SignalAtStep4(checkpoint.PreemptionGuard):
         calls = 0
 
-        def should_stop(self):
+        def should_stop(self, step=None):
             SignalAtStep4.calls += 1
             if SignalAtStep4.calls == 4:
                 os.kill(os.getpid(), signal.SIGTERM)
-            return super().should_stop()
+            return super().should_stop(step)
 
     resumed = str(tmp_path / "resumed")
     monkeypatch.setattr(checkpoint, "PreemptionGuard", SignalAtStep4)

@@ -4,14 +4,18 @@ import functools
 
 import chex
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from model_params import numpy_init, toy_batch
 
+from jaxattn.models import Transformer, TransformerConfig
 from train import losses, optim, sharding, steps
 from train.configs import base
+from train.data import PackBatchIterDataset
 
 
 class TinySeq2Seq(nn.Module):
@@ -20,9 +24,12 @@ class TinySeq2Seq(nn.Module):
     vocab: int = 11
     dim: int = 8
     dropout_rate: float = 0.0
+    report_step: bool = False  # sow the step it was given, as the RNN sows its sampling probability
 
     @nn.compact
-    def __call__(self, inputs, targets, *, train: bool = False, **packed):
+    def __call__(self, inputs, targets, *, train: bool = False, step=None):
+        if self.report_step and step is not None:
+            self.sow("metrics", "step_seen", jnp.asarray(step, jnp.float32))
         embed = nn.Embed(self.vocab, self.dim)
         source = jnp.mean(embed(inputs), axis=1, keepdims=True)                     # [B, 1, D]
         prev = jnp.concatenate([jnp.full_like(targets[:, :1], 2), targets[:, :-1]], 1)  # [B, T]
@@ -197,6 +204,51 @@ def test_train_step_learns_and_uses_dropout_rng_per_step():
     chex.assert_trees_all_equal(a.params, b.params)
 
 
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_what_the_model_reports_comes_back_as_is(strategy):
+    # Sown scalars are returned after the all-reduce: on 8 devices, not 8 times the value.
+    parallel = sharding.PARALLEL[strategy]()
+    assert parallel.num_devices == 8
+    config = _config()
+    model = TinySeq2Seq(report_step=True)
+    init_fn = functools.partial(steps.init_state, model=model, tx=optim.make_optimizer(config),
+                                input_shape=(1, 5), target_shape=(1, 7))
+    state = parallel.create_state(init_fn, jax.random.PRNGKey(0))
+    train_step = parallel.compile_train_step(functools.partial(
+        steps.train_step, model=model, label_smoothing=0.0, learning_rate_fn=optim.make_schedule(config)))
+    batch = parallel.put_batch(_batch(np.random.default_rng(0)))
+    rng = parallel.put_rng(jax.random.PRNGKey(1))
+    for step in range(3):
+        state, metrics = train_step(state, batch, rng)
+        assert parallel.fetch(metrics["reported"]) == {"step_seen": float(step)}
+    silent = TinySeq2Seq()  # a model that reports nothing
+    state = steps.init_state(jax.random.PRNGKey(0), model=silent, tx=optim.make_optimizer(config),
+                             input_shape=(1, 5), target_shape=(1, 7))
+    _, metrics = jax.jit(functools.partial(
+        steps.train_step, model=silent, label_smoothing=0.0, learning_rate_fn=optim.make_schedule(config)))(
+        state, _batch(np.random.default_rng(0)), jax.random.PRNGKey(1))
+    assert metrics["reported"] == {}
+
+
+def test_steps_feed_packed_batches_to_the_model_as_is():
+    # The pipeline's packed keys are the model's arguments: the packed rows score as the pairs apart.
+    inputs, targets = map(np.asarray, toy_batch())                                  # [3, 7], [3, 5]
+    model = Transformer(TransformerConfig(vocab_size=13, emb_dim=16, num_heads=4, mlp_dim=24,
+                                          num_encoder_layers=1, num_decoder_layers=1, max_len=32,
+                                          dropout_rate=0.0))
+    params = numpy_init(model, inputs, targets)["params"]
+    pairs = [{"inputs": i[i != 0], "targets": t[t != 0]} for i, t in zip(inputs, targets)]
+    chunks = grain.MapDataset.source([pairs]).to_iter_dataset()
+    packed = list(PackBatchIterDataset(chunks, length=12, rows=2, pool_size=3, seed=0))
+    assert len(packed) == 1 and "inputs_positions" in packed[0]
+    eval_step = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=0.1))
+    apart, together = eval_step(params, {"inputs": inputs, "targets": targets}), eval_step(params, packed[0])
+    assert float(together["weight_sum"]) == float(apart["weight_sum"])
+    np.testing.assert_allclose(together["loss_sum"], apart["loss_sum"], rtol=1e-5)
+    unpacked = {k: v for k, v in packed[0].items() if k in ("inputs", "targets")}
+    assert not np.allclose(eval_step(params, unpacked)["loss_sum"], apart["loss_sum"], rtol=1e-3)
+
+
 def test_train_step_compiles_once_per_shape():
     config = _config()
     model = TinySeq2Seq()
@@ -231,3 +283,24 @@ def test_summarize_turns_sums_into_means():
     out = steps.summarize({"loss_sum": 6.0, "nll_sum": 4.0, "correct_sum": 1.0, "weight_sum": 2.0}, "x")
     assert out == pytest.approx({"x/loss": 3.0, "x/nll": 2.0, "x/perplexity": np.exp(2.0), "x/accuracy": 0.5})
 
+
+
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_state_is_donated_except_on_cpu(strategy):
+    # XLA:CPU copies donated parameters before updating them (see train.sharding).
+    class Accelerator:
+        platform = "gpu"
+
+    assert sharding._donated_state(Accelerator()) == (0,)
+    parallel = sharding.PARALLEL[strategy]()
+    model = TinySeq2Seq()
+    config = _config()
+    init_fn = functools.partial(steps.init_state, model=model, tx=optim.make_optimizer(config),
+                                input_shape=(1, 5), target_shape=(1, 7))
+    state = parallel.create_state(init_fn, jax.random.PRNGKey(0))
+    train_step = parallel.compile_train_step(functools.partial(
+        steps.train_step, model=model, label_smoothing=0.1, learning_rate_fn=optim.make_schedule(config)))
+    new_state, _ = train_step(state, parallel.put_batch(_batch(np.random.default_rng(0))),
+                              parallel.put_rng(jax.random.PRNGKey(1)))
+    assert int(jax.device_get(parallel.host_state(new_state)).step) == 1
+    assert not any(x.is_deleted() for x in jax.tree.leaves(state))  # the old state is still readable

@@ -21,8 +21,9 @@ import numpy as np
 import sacrebleu
 
 from jaxattn import decoding
-from jaxattn.models import collect_attention_weights
 from train import heatmaps, losses
+from train.data import EvalBatch
+from train.data.tokenizer import pad_rows
 
 __all__ = [
     "decode_lengths",
@@ -145,17 +146,13 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     }
 
 
-def _model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in batch.items() if k != "example_index"}
-
-
 def eval_loss(
-    eval_fn: Callable[..., Any], params: Any, batches: Sequence[dict[str, np.ndarray]], parallel: Any
+    eval_fn: Callable[..., Any], params: Any, batches: Sequence[EvalBatch], parallel: Any
 ) -> dict[str, float]:
     """Summed teacher-forced metrics over `batches` (see `train.steps.eval_step`)."""
     totals = None
-    for batch in batches:
-        sums = parallel.fetch(eval_fn(params, parallel.put_batch(_model_batch(batch))))
+    for batch, _ in batches:
+        sums = parallel.fetch(eval_fn(params, parallel.put_batch(batch)))
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     return totals
 
@@ -174,8 +171,7 @@ def decode_eval_set(
       `hypothesis` (text), `inputs` and `tokens` (int ids, padding stripped).
     """
     rows = []
-    for batch in eval_set.batches:
-        index = batch["example_index"]
+    for batch, index in eval_set.batches:
         keep = (index >= 0) & ((index < max_examples) if max_examples > 0 else True)
         if not keep.any():
             continue
@@ -200,31 +196,26 @@ def _until_eos(ids: np.ndarray, pad_id: int, eos_id: int = 3) -> np.ndarray:
     return ids[: ends[0] + 1] if ends.size else ids
 
 
-def attention_maps(family: str, capture_model: nn.Module, params: Any, inputs: np.ndarray,
+def attention_maps(capture_model: nn.Module, params: Any, inputs: np.ndarray,
                    targets: np.ndarray) -> np.ndarray | None:
     """Attention of a teacher-forced pass over (inputs, targets), for plotting.
 
     Args:
-      family: "transformer" or "rnn".
       capture_model: the model built with `capture_attention=True`.
       params: model parameters.
       inputs: [B, S] source ids.
       targets: [B, T] target ids (here: the decoded hypotheses).
 
     Returns:
-      Transformer: [B, N, T, S] cross-attention of the last decoder layer;
-      RNN: [B, 1, T, S] alignments; None for a model without attention.
+      [B, N, T, S] weights, as the model's `attention_map` picks them (Transformer: the last
+      decoder layer's cross-attention; RNN: its alignments, N = 1); None for a model without
+      attention.
     """
     _, state = jax.jit(
         lambda p, x, y: capture_model.apply({"params": p}, x, y, train=False, mutable=["intermediates"])
     )(params, inputs, targets)
-    intermediates = state.get("intermediates", {})
-    if family == "transformer":
-        cross = collect_attention_weights(intermediates).get("cross")
-        return None if cross is None else np.asarray(cross[-1])            # [B, N, T, S]
-    if "alignment" not in intermediates:
-        return None
-    return np.asarray(intermediates["alignment"][0])[:, None]              # [B, 1, T, S]
+    weights = capture_model.attention_map(state.get("intermediates", {}))
+    return None if weights is None else np.asarray(weights)               # [B, N, T, S]
 
 
 def write_samples(path: str, rows: Sequence[dict[str, Any]], limit: int) -> list[str]:
@@ -252,7 +243,6 @@ def write_predictions(path: str, rows: Sequence[dict[str, Any]]) -> str:
 
 def write_heatmaps(
     directory: str,
-    family: str,
     capture_model: nn.Module,
     params: Any,
     rows: Sequence[dict[str, Any]],
@@ -263,14 +253,9 @@ def write_heatmaps(
     rows = [r for r in rows[:count] if len(r["tokens"])]
     if not rows:
         return []
-    src_len = max(len(r["inputs"]) for r in rows)
-    tgt_len = max(len(r["tokens"]) for r in rows)
-    inputs = np.zeros((len(rows), src_len), np.int32)                       # [B, S]
-    targets = np.zeros((len(rows), tgt_len), np.int32)                      # [B, T]
-    for i, r in enumerate(rows):
-        inputs[i, : len(r["inputs"])] = r["inputs"]
-        targets[i, : len(r["tokens"])] = r["tokens"]
-    weights = attention_maps(family, capture_model, params, inputs, targets)
+    inputs = pad_rows([r["inputs"] for r in rows])                          # [B, S]
+    targets = pad_rows([r["tokens"] for r in rows])                         # [B, T]
+    weights = attention_maps(capture_model, params, inputs, targets)
     if weights is None:
         return []
     os.makedirs(directory, exist_ok=True)

@@ -88,20 +88,23 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, schedule: Schedule | None = None
+                   ) -> optax.GradientTransformation:
     """Adam(W) with clipping and optional accumulation, driven by `make_schedule`.
 
     Args:
       config: the training config (`adam_b1`, `adam_b2`, `adam_eps`,
         `weight_decay`, `grad_clip_norm`, `grad_accum_steps` and the schedule
         fields).
+      schedule: the learning-rate schedule, if already made from `config`
+        (`train.run_config.build` makes it once); else `make_schedule(config)`.
 
     Returns:
       An optax transformation. With `grad_accum_steps > 1` it is wrapped in
       `optax.MultiSteps`: parameters change every `grad_accum_steps` calls,
       with the mean of the accumulated gradients.
     """
-    schedule = make_schedule(config)
+    schedule = make_schedule(config) if schedule is None else schedule
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))

@@ -1,11 +1,15 @@
-"""From an `ml_collections` run config to a model, with every check done up front.
+"""From an `ml_collections` run config to what a run is made of, with every check done up front.
 
-`validate_config` and `check_workdir` run before the trainer writes anything:
-a config that cannot work (unknown model field, heads not dividing D, a batch
-that cannot be split over the devices, ...) or a workdir that holds another
-model is refused with a one-line `UserError`, and nothing is overwritten.
+`build(config)` turns a config into its `Built` parts -- the model, the
+optimizer with its learning-rate schedule, the parallel strategy -- once; that
+construction is the validation (`validate_config` is its other name). It and
+`check_workdir` run before the trainer writes anything: a config that cannot
+work (unknown model field, heads not dividing D, a batch that cannot be split
+over the devices, ...) or a workdir that holds another model is refused with a
+one-line `UserError`, and nothing is overwritten.
 """
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from jaxattn import models
 from train import optim, sharding
@@ -27,6 +32,8 @@ __all__ = [
     "CONFIG_FILE",
     "model_config",
     "build_model",
+    "Built",
+    "build",
     "validate_config",
     "check_workdir",
     "identity",
@@ -78,8 +85,20 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **changes: 
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int, **changes: Any) -> nn.Module:
-    """The Flax module for `config.model` (see `model_config`)."""
-    return MODEL_FAMILIES[config.model.family][1](model_config(config, vocab_size, **changes))
+    """The Flax module for `config.model` (see `model_config`).
+
+    With `config.scheduled_sampling.kind` other than "none", the module gets the
+    schedule (`optim.make_sampling_schedule`) as its `sampling_schedule`: only
+    models that have one (the RNN) take it.
+    """
+    module = MODEL_FAMILIES[config.model.family][1](model_config(config, vocab_size, **changes))
+    schedule = optim.make_sampling_schedule(config)
+    if config.scheduled_sampling.kind == "none":
+        return module
+    _require(hasattr(module, "sampling_schedule"),
+             f"config.scheduled_sampling.kind: got {config.scheduled_sampling.kind!r} for model family "
+             f"{config.model.family!r}, expected 'none' (scheduled sampling is for the RNN models)")
+    return module.clone(sampling_schedule=schedule)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -87,13 +106,8 @@ def _require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises a one-line UserError for a config that cannot train; writes nothing."""
-    model_config(config, vocab_size=max(config.data.vocab_size, 8))  # family, fields, dtype
-    optim.make_schedule(config)
-    optim.make_sampling_schedule(config)
-    _require(config.parallel in sharding.PARALLEL,
-             f"config.parallel: got {config.parallel!r}, expected one of {sorted(sharding.PARALLEL)}")
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+    """The checks of the run config's plain fields (those no part of `Built` makes)."""
     for field in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints", "grad_accum_steps"):
         _require(config[field] >= 1, f"config.{field}: got {config[field]}, expected >= 1")
@@ -114,10 +128,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in ("max_length_a", "max_length_b"):
         _require(config.decode[field] >= 0, f"config.decode.{field}: got {config.decode[field]}, expected >= 0")
     family = config.model.family
-    if config.scheduled_sampling.kind != "none":
-        _require(family == "rnn",
-                 f"config.scheduled_sampling.kind: got {config.scheduled_sampling.kind!r} for model family "
-                 f"{family!r}, expected 'none' (scheduled sampling is for the RNN models)")
     if config.data.packing:
         _require(family == "transformer",
                  f"config.data.packing: got True for model family {family!r}, expected False "
@@ -133,6 +143,62 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require(config.data.packing or len(config.data.bucket_lengths) == 1,
                  "config.data.packing: multi-host training needs one batch shape on every host; set "
                  "data.packing=True or a single data.bucket_lengths entry")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a run config is made into, once (see `build`).
+
+    Attributes:
+      model: the Flax module (sized for `config.data.vocab_size` until
+        `with_vocab_size` gives it the trained vocabulary's size).
+      schedule: the learning rate per optimizer update (the optimizer's own).
+      optimizer: the optax transformation driven by `schedule`.
+      parallel: the data-parallel strategy (`train.sharding.PARALLEL`).
+    """
+
+    model: nn.Module
+    schedule: optim.Schedule
+    optimizer: optax.GradientTransformation
+    parallel: Any
+
+    def with_vocab_size(self, vocab_size: int) -> "Built":
+        """The same parts, with the model sized for a vocabulary of `vocab_size` entries."""
+        try:
+            model_cfg = self.model.config.replace(vocab_size=vocab_size)
+        except ValueError as e:
+            raise UserError(f"config.model: {' '.join(str(e).split())}") from None
+        return dataclasses.replace(self, model=self.model.clone(config=model_cfg))
+
+
+def build(config: ml_collections.ConfigDict, parallel: Any = None) -> Built:
+    """Turns a run config into its model, optimizer with schedule and parallel strategy.
+
+    Every part is made once, here; a config that cannot make one is a one-line
+    `UserError` naming the config key, and so is any other field that cannot
+    train. Nothing is written.
+
+    Args:
+      config: the run config.
+      parallel: a strategy to use instead of the one `config.parallel` names
+        (e.g. one device for loading a trained model).
+
+    Returns:
+      `Built`, its model sized for `config.data.vocab_size` (the trainer
+      resizes it for the trained vocabulary with `Built.with_vocab_size`).
+    """
+    model = build_model(config, vocab_size=max(config.data.vocab_size, 8))  # family, fields, dtype
+    schedule = optim.make_schedule(config)
+    optimizer = optim.make_optimizer(config, schedule)
+    parallel = parallel if parallel is not None else sharding.make_parallel(config)
+    _check_fields(config)
+    return Built(model, schedule, optimizer, parallel)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> Built:
+    """Raises a one-line UserError for a config that cannot train; writes nothing (`build`)."""
+    return build(config)
 
 
 def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

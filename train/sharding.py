@@ -47,6 +47,17 @@ DATA_AXIS = "data"
 PMAP_AXIS = "batch"
 
 
+def _donated_state(device: jax.Device) -> tuple[int, ...]:
+    """The train step's donated arguments: the state, except on CPU.
+
+    XLA:CPU copies every donated parameter into fresh, page-faulted memory
+    before updating it in place (the base Transformer: 145 copies, 168 MiB and
+    ~11% of its step time; benchmarks/RESULTS.md, "Train step at real
+    vocabulary sizes"). Donation saves accelerator memory; a CPU has plenty.
+    """
+    return () if device.platform == "cpu" else (0,)
+
+
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     """Starts JAX's multi-controller runtime when `config.distributed` asks for it.
 
@@ -87,20 +98,18 @@ class MeshParallel:
         self.num_devices = len(devices)
         self.rng_sharding = self.replicated  # where the run's base key lives
         self.decode_sharding = self.replicated  # decoded tokens: readable on every host
-        self._state_sharding = None
+        # The whole train state is replicated: this one sharding is a pytree prefix for any state.
+        self.state_sharding = self.replicated
 
     def create_state(self, init_fn: Callable[[jax.Array], Any], rng: jax.Array) -> Any:
         """Builds the state directly on the devices, replicated."""
-        abstract = jax.eval_shape(init_fn, rng)
-        self._state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
-        return jax.jit(init_fn, out_shardings=self._state_sharding)(rng)
+        return jax.jit(init_fn, out_shardings=self.state_sharding)(rng)
 
     def abstract_state(self, init_fn: Callable[[jax.Array], Any], rng: jax.Array) -> Any:
         """Shapes, dtypes and shardings of the state, as the restore target."""
-        abstract = jax.eval_shape(init_fn, rng)
-        self._state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
         return jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, self._state_sharding
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.state_sharding),
+            jax.eval_shape(init_fn, rng),
         )
 
     def place_state(self, state: Any) -> Any:
@@ -126,12 +135,12 @@ class MeshParallel:
         }
 
     def compile_train_step(self, step_fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Jits `step_fn(state, batch, rng)` once, donating the state."""
+        """Jits `step_fn(state, batch, rng)` once, donating the state (not on CPU)."""
         return jax.jit(
             step_fn,
-            in_shardings=(self._state_sharding, self.batch_sharding, self.replicated),
-            out_shardings=(self._state_sharding, self.replicated),
-            donate_argnums=(0,),
+            in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=_donated_state(self.mesh.devices.flat[0]),
         )
 
     def compile_eval_step(self, step_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -192,7 +201,7 @@ class PmapParallel:
             functools.partial(step_fn, axis_name=PMAP_AXIS),
             axis_name=PMAP_AXIS,
             devices=self.devices,
-            donate_argnums=(0,),
+            donate_argnums=_donated_state(self.devices[0]),
         )
 
     def compile_eval_step(self, step_fn: Callable[..., Any]) -> Callable[..., Any]:

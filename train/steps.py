@@ -3,13 +3,17 @@
 `train_step(state, batch, rng) -> (state, metrics)` and `eval_step(params,
 batch) -> metrics` are module-level pure functions. Static arguments (the model,
 label smoothing, the pmap axis name, ...) are bound with `functools.partial`
-by the caller, which jits once with `donate_argnums=(0,)` (see
+by the caller, which jits once, donating the state except on CPU (see
 `train.sharding`). The same functions run under `jax.jit` with a sharded batch
 (the compiler inserts the gradient all-reduce) and under `jax.pmap`, where
 `axis_name` makes the all-reduce explicit.
 
 Metrics are returned as sums (see `train.losses`), so they aggregate exactly
-over steps, devices and hosts.
+over steps, devices and hosts; what the model reports of itself (e.g. the RNN's
+scheduled-sampling probability) is returned as is, under "reported".
+
+The steps call the model with the batch as it comes, `model.apply(variables,
+**batch, ...)`: every batch field is named after the model argument it feeds.
 """
 
 from collections.abc import Callable
@@ -20,35 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from flax.training import train_state
 
 from train import losses
 
 __all__ = [
     "TrainState",
-    "PACKED_KEYS",
     "init_state",
-    "model_kwargs",
     "train_step",
     "eval_step",
     "summarize",
 ]
 
 TrainState = train_state.TrainState
-
-# Batch key -> model keyword argument, for packed batches (see API contract).
-PACKED_KEYS = {
-    "inputs_segmentation": "inputs_segmentation",
-    "targets_segmentation": "targets_segmentation",
-    "inputs_position": "inputs_positions",
-    "targets_position": "targets_positions",
-}
-
-
-def model_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The packing arrays of `batch`, renamed to the model's keyword arguments."""
-    return {arg: batch[key] for key, arg in PACKED_KEYS.items() if key in batch}
-
 
 def init_state(
     rng: jax.Array,
@@ -81,6 +70,12 @@ def _non_pad_tokens(batch: dict[str, Any]) -> jax.Array:
     return jnp.sum(batch["inputs"] != losses.PAD_ID) + jnp.sum(batch["targets"] != losses.PAD_ID)
 
 
+def _reported(variables: Any) -> dict[str, jax.Array]:
+    """The scalars the model sowed into "metrics" (the last value of each), by name."""
+    sown = traverse_util.flatten_dict(dict(variables.get("metrics", {})), sep="/")
+    return {name: values[-1] for name, values in sown.items()}
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -90,40 +85,34 @@ def train_step(
     label_smoothing: float,
     learning_rate_fn: Callable[[jax.Array], jax.Array],
     grad_accum_steps: int = 1,
-    sampling_schedule: Callable[[jax.Array], jax.Array] | None = None,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step (or micro-step, with gradient accumulation).
 
     Args:
-      state: the train state; donated by the jitted caller.
+      state: the train state; donated by the jitted caller (except on CPU).
       batch: `inputs` [B, S], `targets` [B, T] int32 (0-padded), optionally the
-        packing arrays of `PACKED_KEYS`. Under pmap, the per-device shard.
+        packing arrays (`inputs_segmentation`, `inputs_positions`, ...): the
+        model's keyword arguments. Under pmap, the per-device shard.
       rng: the run's base key; the step's key is `fold_in(rng, state.step)`.
       model: the Flax module (static).
       label_smoothing: eps for the training loss (static).
       learning_rate_fn: the schedule, for logging only (static).
       grad_accum_steps: micro-steps per update, to log the right learning rate.
-      sampling_schedule: scheduled-sampling probability per step, passed to the
-        model as a traced value; None for models that do not sample.
       axis_name: the pmap axis to all-reduce over; None under jit.
 
     Returns:
       The new state and a dict of scalar metrics: the sums of
       `train.losses.cross_entropy_sums`, `tokens` (non-pad source + target),
-      `grad_norm`, `learning_rate`, `sampling_probability`, `finite`.
+      `grad_norm`, `learning_rate`, `finite`, and "reported": {name: scalar}
+      what the model sowed into its "metrics" collection (the RNN's
+      `sampling_probability` under scheduled sampling), not summed.
     """
     step_rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     dropout_rng, sampling_rng = jax.random.split(step_rng)
-    kwargs = model_kwargs(batch)
-    rngs = {"dropout": dropout_rng}
-    sampling_probability = jnp.zeros((), jnp.float32)
-    if sampling_schedule is not None:
-        sampling_probability = sampling_schedule(state.step)
-        kwargs["sampling_prob"] = sampling_probability
-        rngs["sampling"] = sampling_rng
+    rngs = {"dropout": dropout_rng, "sampling": sampling_rng}  # "sampling": RNN scheduled sampling
 
     weight_total = jnp.sum(batch["targets"] != losses.PAD_ID).astype(jnp.float32)
     if axis_name is not None:
@@ -131,16 +120,16 @@ def train_step(
     weight_total = jnp.maximum(weight_total, 1.0)
 
     def loss_fn(params):
-        logits = state.apply_fn(
-            {"params": params}, batch["inputs"], batch["targets"], train=True, rngs=rngs, **kwargs
+        logits, variables = state.apply_fn(
+            {"params": params}, **batch, train=True, step=state.step, rngs=rngs, mutable=["metrics"]
         )                                                                   # [B, T, V]
         sums = losses.cross_entropy_sums(logits, batch["targets"], label_smoothing)
         # This shard's share of the global-batch mean: the all-reduced sum of
         # these gradients is the gradient of the mean over every token of the
         # global batch, even when shards hold different token counts.
-        return sums["loss_sum"] / weight_total, sums
+        return sums["loss_sum"] / weight_total, (sums, _reported(variables))
 
-    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (sums, reported) = jax.grad(loss_fn, has_aux=True)(state.params)
     metrics = dict(sums, tokens=_non_pad_tokens(batch).astype(jnp.float32))
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
@@ -149,7 +138,7 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     metrics["grad_norm"] = grad_norm
     metrics["learning_rate"] = learning_rate_fn(state.step // grad_accum_steps)
-    metrics["sampling_probability"] = sampling_probability
+    metrics["reported"] = reported  # the same on every device: not all-reduced
     metrics["finite"] = (jnp.isfinite(metrics["loss_sum"]) & jnp.isfinite(grad_norm)).astype(jnp.float32)
     return new_state, metrics
 
@@ -174,9 +163,7 @@ def eval_step(
     Returns:
       The sums of `train.losses.cross_entropy_sums` plus `tokens`.
     """
-    logits = model.apply(
-        {"params": params}, batch["inputs"], batch["targets"], train=False, **model_kwargs(batch)
-    )                                                                       # [B, T, V]
+    logits = model.apply({"params": params}, **batch, train=False)          # [B, T, V]
     metrics = losses.cross_entropy_sums(logits, batch["targets"], label_smoothing)
     metrics["tokens"] = _non_pad_tokens(batch).astype(jnp.float32)
     if axis_name is not None:

@@ -24,7 +24,8 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from train import checkpoint, evaluation, metrics, optim, run_config, sharding, steps, translation, workdir_lock
+from jaxattn.models import count_params
+from train import checkpoint, evaluation, metrics, run_config, sharding, steps, translation, workdir_lock
 from train.data import EOS_ID, Tokenizers, load_tokenizers, make_datasets
 from train.errors import UserError
 
@@ -45,14 +46,21 @@ class _Run:
     config: ml_collections.ConfigDict
     workdir: str
     tokenizers: Tokenizers
-    model: Any
-    parallel: Any
+    built: run_config.Built  # the model (sized for the vocabulary), optimizer, schedule, parallel strategy
     init_fn: Any
     datasets: Any = None
 
     @property
     def family(self) -> str:
         return self.config.model.family
+
+    @property
+    def model(self):
+        return self.built.model
+
+    @property
+    def parallel(self):
+        return self.built.parallel
 
     @functools.cached_property
     def eval_fns(self):
@@ -62,17 +70,15 @@ class _Run:
         return eval_fn, evaluation.make_decode_fn(self.model, self.config.decode, self.parallel.decode_sharding)
 
     def capture_model(self):
-        return run_config.build_model(self.config, self.model.config.vocab_size, capture_attention=True)
+        return self.model.clone(config=self.model.config.replace(capture_attention=True))
 
 
-def _build(config, workdir, tokenizers, datasets=None, parallel=None) -> _Run:
-    vocab_size = max(tokenizers.source.vocab_size, tokenizers.target.vocab_size)
-    model = run_config.build_model(config, vocab_size)
-    tx = optim.make_optimizer(config)
-    parallel = parallel or sharding.make_parallel(config)
+def _build(config, workdir, tokenizers, built: run_config.Built, datasets=None) -> _Run:
+    built = built.with_vocab_size(max(tokenizers.source.vocab_size, tokenizers.target.vocab_size))
     shape = (1, 8)
-    init_fn = functools.partial(steps.init_state, model=model, tx=tx, input_shape=shape, target_shape=shape)
-    return _Run(config, workdir, tokenizers, model, parallel, init_fn, datasets)
+    init_fn = functools.partial(steps.init_state, model=built.model, tx=built.optimizer, input_shape=shape,
+                                target_shape=shape)
+    return _Run(config, workdir, tokenizers, built, init_fn, datasets)
 
 
 def _checkpoint_config(config, tokenizers) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def _final_evaluation(run: _Run, state, step: int, writer, guard=None) -> dict[s
         writer.write_scalars(step, scalars)
         summary.update(scalars)
     if run.config.num_heatmaps > 0 and rows and jax.process_index() == 0:
-        paths = evaluation.write_heatmaps(os.path.join(run.workdir, "heatmaps"), run.family,
+        paths = evaluation.write_heatmaps(os.path.join(run.workdir, "heatmaps"),
                                           run.capture_model(), run.parallel.params(state), rows, run.tokenizers,
                                           run.config.num_heatmaps)
         if paths:
@@ -178,17 +184,18 @@ def _final_evaluation(run: _Run, state, step: int, writer, guard=None) -> dict[s
     return summary
 
 
-def _prepare(config, workdir) -> tuple[_Run, bool]:
-    run_config.validate_config(config)
-    existing = run_config.check_workdir(config, workdir)
+def _prepare(config, workdir, built: run_config.Built) -> _Run:
+    """The run's data (prepared or read from the workdir) and its model sized for the vocabulary.
+
+    `built` is `run_config.build(config)`; the caller has also checked the workdir.
+    """
     datasets = make_datasets(config.data, workdir)
     _log.info("Data ready: %d training pairs, eval splits %s, vocabulary %d/%d (in %s)",
               datasets.num_train_examples, list(datasets.eval), datasets.tokenizers.source.vocab_size,
               datasets.tokenizers.target.vocab_size, os.path.join(workdir, "vocab"))
-    return _build(config, workdir, datasets.tokenizers, datasets), existing
+    return _build(config, workdir, datasets.tokenizers, built, datasets)
 
 
-@workdir_lock.locked  # a second trainer on the same workdir is refused
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints), then evaluates.
 
@@ -201,14 +208,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       `step`, `wall_time` and `interrupted` (True after SIGTERM / SIGINT).
     """
     start_time = time.time()
-    run, _ = _prepare(config, workdir)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), config.keep_checkpoints)
-    writer = metrics.MetricWriter(workdir)
-    try:
-        return _train(run, ckpt, writer, start_time)
-    finally:
-        ckpt.close()
-        writer.close()
+    built = run_config.build(config)  # every check of the config, before anything is written
+    run_config.check_workdir(config, workdir)
+    with workdir_lock.held(workdir):  # a second trainer on the same workdir is refused
+        run = _prepare(config, workdir, built)
+        ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), config.keep_checkpoints)
+        writer = metrics.MetricWriter(workdir)
+        try:
+            return _train(run, ckpt, writer, start_time)
+        finally:
+            ckpt.close()
+            writer.close()
 
 
 class _TrainHistory:
@@ -247,8 +257,9 @@ class _TrainHistory:
         scalars = steps.summarize(sums, "train")
         scalars.update({"train/tokens_per_sec": float(sums["tokens"]) / elapsed,
                         "train/grad_norm": float(last["grad_norm"]),
-                        "train/learning_rate": float(last["learning_rate"]),
-                        "train/sampling_probability": float(last["sampling_probability"])})
+                        "train/learning_rate": float(last["learning_rate"])})
+        # What the model reports of itself (e.g. the RNN's scheduled-sampling probability).
+        scalars.update({f"train/{name}": float(value) for name, value in last["reported"].items()})
         self._writer.write_scalars(step, scalars)
         self._bar.set_postfix(loss=f"{scalars['train/nll']:.3f}", tok_s=f"{scalars['train/tokens_per_sec']:.0f}")
 
@@ -347,14 +358,12 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
     step = int(parallel.fetch(state.step))
     _log.info("%s at step %d: %s model, %d parameters, %s over %d device(s), workdir %s",
               "Resuming" if latest is not None else "Starting", step, run.family,
-              sum(x.size for x in jax.tree.leaves(shapes.params)),
+              count_params(shapes.params),
               parallel.name, jax.device_count(), run.workdir)
 
-    sampling = optim.make_sampling_schedule(config) if config.scheduled_sampling.kind != "none" else None
     train_step = parallel.compile_train_step(functools.partial(
         steps.train_step, model=run.model, label_smoothing=config.label_smoothing,
-        learning_rate_fn=optim.make_schedule(config), grad_accum_steps=config.grad_accum_steps,
-        sampling_schedule=sampling))
+        learning_rate_fn=run.built.schedule, grad_accum_steps=config.grad_accum_steps))
     eval_fn, decode_fn = run.eval_fns
     placed_rng = parallel.put_rng(rng)
     val_split = next(iter(run.datasets.eval))  # the first eval split is validation
@@ -424,7 +433,7 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
                     save({"bleu": scalars[f"{val_split}/bleu"]})
             elif step % config.checkpoint_every_steps == 0 and step < config.num_train_steps:
                 save()  # the last step is saved after the final evaluation, with its BLEU
-            if guard.should_stop():
+            if guard.should_stop(step):
                 _log.info("Received %s: saving step %d and exiting", guard.signal_name or "stop signal", step)
                 if last_good != step:
                     save()
@@ -487,7 +496,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_name: s
     ckpt = _open_checkpoints(workdir)
     try:
         _select_step(ckpt, "latest" if checkpoint_name == "average" else checkpoint_name)  # before data prep
-        run, _ = _prepare(config, workdir)
+        built = run_config.build(config)
+        run_config.check_workdir(config, workdir)
+        run = _prepare(config, workdir, built)
         state, step = _restore_named(run, ckpt, checkpoint_name)
         writer = metrics.MetricWriter(workdir)
         try:
@@ -517,13 +528,13 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, checkpoint_nam
     Notebooks use it after `train_and_evaluate` to look inside the model:
     `trained.model.apply({"params": trained.params}, inputs, targets)`.
     """
-    run_config.validate_config(config)
+    built = run_config.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
     run_config.check_workdir(config, workdir)
     ckpt = _open_checkpoints(workdir)
     try:
         _select_step(ckpt, "latest" if checkpoint_name == "average" else checkpoint_name)  # before the vocabulary
         tokenizers = load_tokenizers(os.path.join(workdir, "vocab"), shared=config.data.shared_vocab)
-        run = _build(config, workdir, tokenizers, parallel=sharding.MeshParallel(jax.devices()[:1]))
+        run = _build(config, workdir, tokenizers, built)
         state, step = _restore_named(run, ckpt, checkpoint_name)
     finally:
         ckpt.close()

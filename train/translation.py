@@ -184,8 +184,7 @@ class Translator:
         show = self._progress and len(batches) > 1
         with tqdm.tqdm(total=len(examples), unit="sentence", file=sys.stderr,
                        disable=None if show else True, dynamic_ncols=True) as bar:
-            for batch in batches:
-                index = batch["example_index"]                                      # [B]
+            for batch, index in batches:                                            # index: [B]
                 for r, result in enumerate(run(batch)):
                     if index[r] >= 0:
                         out[index[r]] = result

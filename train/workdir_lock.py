@@ -9,23 +9,21 @@ lock: they read a snapshot of the checkpoints (`train.checkpoint_files`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import functools
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
 
 import jax
 
-from train import run_config
 from train.errors import UserError
 
-__all__ = ["LOCK_FILE", "WorkdirLock", "locked"]
+__all__ = ["LOCK_FILE", "WorkdirLock", "held"]
 
 _log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -74,19 +72,16 @@ class WorkdirLock:
         self._fd = None
 
 
-def locked(train_fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs `train_fn(config, workdir, ...)` holding the workdir lock (process 0 of a job).
+@contextlib.contextmanager
+def held(workdir: str) -> Iterator[None]:
+    """Holds the lock of `workdir` on process 0 of a job (the others write no workdir files).
 
-    The config and the workdir are checked first, so that a config that cannot
-    train, or a workdir that holds another model, is refused with nothing
-    written -- not even the lock file.
+    The trainer checks the config and the workdir first (`train.run_config`), so
+    that a config that cannot train, or a workdir that holds another model, is
+    refused with nothing written -- not even the lock file.
     """
-    @functools.wraps(train_fn)
-    def wrapper(config, workdir: str, *args, **kwargs):
-        run_config.validate_config(config)
-        run_config.check_workdir(config, workdir)
-        if jax.process_index() != 0:
-            return train_fn(config, workdir, *args, **kwargs)
-        with WorkdirLock(workdir):
-            return train_fn(config, workdir, *args, **kwargs)
-    return wrapper
+    if jax.process_index() != 0:
+        yield
+        return
+    with WorkdirLock(workdir):
+        yield

@@ -27,18 +27,19 @@ Use from the trainer::
     ds.tokenizers.check(stored_fingerprint)             # ... and check it on restore
     toks = data.load_tokenizers(f"{workdir}/vocab", shared=True)  # translate-only runs
     test = ds.eval["test"]                              # EvalSet: pairs + batches
-    for batch in test.batches:
+    for batch, example_index in test.batches:           # EvalBatch: model batch + row origins
         tokens = ...                                    # [B, T'] decoded from batch["inputs"]
         hyps = ds.tokenizers.target.decode_batch(tokens)
-        for row, i in enumerate(batch["example_index"]):
+        for row, i in enumerate(example_index):
             if i >= 0:                                  # -1 marks an all-zero padding row
                 source, reference = test.pairs[i]       # raw text; hypothesis = hyps[row]
 
-Training batches (the format every model takes, see `jaxattn.models`): "inputs" [B, S] and "targets" [B, T] int32, 0-padded, eos-ended;
-with ``packing=True`` also "inputs_segmentation"/"targets_segmentation" (1..n per pair, 0 = pad)
-and "inputs_position"/"targets_position" (0-based, restarting per pair). Shapes come from a small
-fixed set (`Datasets.batch_shapes`); rows that are all zero are padding (mask loss by
-targets != 0). The iterator state is a plain JSON-able dict of ints: store it with Orbax via
+Training batches (the format every model takes as is, `model.apply(variables, **batch)`; each key
+is the model argument it feeds, see `jaxattn.models`): "inputs" [B, S] and "targets" [B, T] int32,
+0-padded, eos-ended; with ``packing=True`` also "inputs_segmentation"/"targets_segmentation"
+(1..n per pair, 0 = pad) and "inputs_positions"/"targets_positions" (0-based, restarting per
+pair). Shapes come from a small fixed set (`Datasets.batch_shapes`); rows that are all zero
+are padding (mask loss by targets != 0). The iterator state is a plain JSON-able dict of ints: store it with Orbax via
 `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)` (or as JSON next to
 the checkpoint). Each process reads only its slice
 (``[jax.process_index()::jax.process_count()]``) of the training split; hosts then draw their
@@ -48,6 +49,7 @@ length (one shape everywhere). Every host gets the whole eval sets.
 
 from train.data.batching import BucketBatchIterDataset
 from train.data.batching import default_bucket_lengths
+from train.data.batching import EvalBatch
 from train.data.batching import eval_batches
 from train.data.batching import PackBatchIterDataset
 from train.data.config import default_data_config
@@ -75,7 +77,7 @@ from train.data.tokenizer import train_sentencepiece
 
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
-    "BucketBatchIterDataset", "Datasets", "EvalSet", "NumberLists", "NumberListsConfig", "NumberWords",
+    "BucketBatchIterDataset", "Datasets", "EvalBatch", "EvalSet", "NumberLists", "NumberListsConfig", "NumberWords",
     "NumberWordsConfig",
     "PackBatchIterDataset", "ParallelCorpus", "PrefetchIterDataset", "Tokenizer", "Tokenizers",
     "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",

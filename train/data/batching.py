@@ -11,7 +11,7 @@ Every batch has one of a few fixed shapes, so the jitted step compiles once per 
   batches emitted), so restoring it re-reads the pool and yields exactly the batches that the
   saved run would have yielded next.
 * **Packing.** Several pairs of a pool share rows of fixed length (best-fit decreasing), with
-  `*_segmentation` ids (1..n per pair, 0 = pad) and `*_position` (0-based, restarting per pair)
+  `*_segmentation` ids (1..n per pair, 0 = pad) and `*_positions` (0-based, restarting per pair)
   that `jaxattn.masks.segment_mask` turns into the block-diagonal mask (Vaswani et al. 2017 train
   on batches of ~25k tokens; packing is how tensor2tensor/Flax WMT fill them without padding).
   Packed rows are shuffled into [rows, L] batches; the pool's last batch may have zero rows.
@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import grain
 import numpy as np
 
-from train.data.tokenizer import EOS_ID, PAD_ID
+from train.data.tokenizer import EOS_ID, pad_rows
 from train.errors import UserError
 
 __all__ = ["default_bucket_lengths", "rows_per_batch", "fit_length", "BucketBatchIterDataset",
-           "PackBatchIterDataset", "eval_batches", "LENGTH_POLICIES"]
+           "PackBatchIterDataset", "EvalBatch", "eval_batches", "LENGTH_POLICIES"]
 
 LENGTH_POLICIES = ("filter", "truncate")
 
@@ -71,13 +72,6 @@ def fit_length(ids: np.ndarray, max_length: int, policy: str) -> np.ndarray | No
     raise UserError(f"length_policy: got {policy!r}, expected one of {LENGTH_POLICIES}")
 
 
-def _pad_stack(rows: Sequence[np.ndarray], num_rows: int, length: int) -> np.ndarray:
-    out = np.full((num_rows, length), PAD_ID, np.int32)  # [rows, L]
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
-
-
 def _bucket_pool(examples: list[dict[str, np.ndarray]], lengths: Sequence[int],
                  rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Pool -> [rows_L, L] batches per bucket; a bucket's last batch has zero rows at the end."""
@@ -93,7 +87,7 @@ def _bucket_pool(examples: list[dict[str, np.ndarray]], lengths: Sequence[int],
     for length, num_rows, members in zip(lengths, rows, buckets):
         for start in range(0, len(members), num_rows):
             chunk = members[start:start + num_rows]
-            batches.append({key: _pad_stack([e[key] for e in chunk], num_rows, length)  # [rows, L]
+            batches.append({key: pad_rows([e[key] for e in chunk], length, num_rows)  # [rows, L]
                             for key in ("inputs", "targets")})
     return batches
 
@@ -139,7 +133,7 @@ def _pack_pool(examples: list[dict[str, np.ndarray]], length: int, rows: int,
     row_of_bin = rng.permutation(num_bins).tolist()
     num_batches = -(-num_bins // rows)
     out = {f"{side}{suffix}": np.zeros((num_batches * rows, length), np.int32)  # [R, L]
-           for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_position")}
+           for side in ("inputs", "targets") for suffix in ("", "_segmentation", "_positions")}
     positions = np.arange(length, dtype=np.int32)  # [L]
     used = [[0, 0] for _ in range(num_bins)]
     segments = [0] * num_bins
@@ -153,7 +147,7 @@ def _pack_pool(examples: list[dict[str, np.ndarray]], length: int, rows: int,
             stop = start + len(ids)
             out[side][r, start:stop] = ids
             out[f"{side}_segmentation"][r, start:stop] = segments[b]
-            out[f"{side}_position"][r, start:stop] = positions[:len(ids)]
+            out[f"{side}_positions"][r, start:stop] = positions[:len(ids)]
             used[b][s] = stop
     return [{key: value[k * rows:(k + 1) * rows] for key, value in out.items()}  # [rows, L]
             for k in range(num_batches)]
@@ -268,8 +262,8 @@ class BucketBatchIterDataset(_PoolBatchIterDataset):
 class PackBatchIterDataset(_PoolBatchIterDataset):
     """Chunks of examples -> packed [rows, length] int32 batches (see the module docstring).
 
-    Output keys: "inputs", "inputs_segmentation", "inputs_position", "targets",
-    "targets_segmentation", "targets_position". A pair never spans two rows; segment ids are
+    Output keys: "inputs", "inputs_segmentation", "inputs_positions", "targets",
+    "targets_segmentation", "targets_positions". A pair never spans two rows; segment ids are
     1..n per row (0 = pad) and the i-th segment holds the same pair on both sides.
     """
 
@@ -288,13 +282,25 @@ class PackBatchIterDataset(_PoolBatchIterDataset):
         return f"PackBatchIterDataset(length={self.length}, rows={self.rows})"
 
 
+class EvalBatch(NamedTuple):
+    """A model batch and, beside it, where each of its rows comes from.
+
+    Attributes:
+        batch: {"inputs": [B, L], "targets": [B, L] int32}, what the model takes.
+        example_index: [B] int32, the position in the examples of each row, -1 for an all-zero
+            padding row.
+    """
+
+    batch: dict[str, np.ndarray]
+    example_index: np.ndarray
+
+
 def eval_batches(examples: Sequence[dict[str, np.ndarray]], *, lengths: Sequence[int],
-                 batch_size: int) -> list[dict[str, np.ndarray]]:
+                 batch_size: int) -> list[EvalBatch]:
     """Length-sorted [batch_size, L] batches of all `examples` (L from `lengths`), in memory.
 
     Returns:
-        Batches {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}:
-        `example_index` is the position in `examples` of each row, -1 for all-zero padding rows.
+        `EvalBatch`es: the model batch and the position in `examples` of each of its rows.
     """
     if batch_size < 1:
         raise UserError(f"batch_size: got {batch_size}, expected >= 1")
@@ -308,9 +314,8 @@ def eval_batches(examples: Sequence[dict[str, np.ndarray]], *, lengths: Sequence
         length = lengths[int(np.searchsorted(lengths, longest[chunk[-1]]))]
         index = np.full((batch_size,), -1, np.int32)  # [B]
         index[:len(chunk)] = chunk
-        batch = {key: _pad_stack([examples[i][key] for i in chunk], batch_size, length)  # [B, L]
+        batch = {key: pad_rows([examples[i][key] for i in chunk], length, batch_size)  # [B, L]
                  for key in ("inputs", "targets")}
-        batch["example_index"] = index
-        batches.append(batch)
+        batches.append(EvalBatch(batch, index))
     return batches
 

@@ -43,12 +43,13 @@ class EvalSet:
 
     Attributes:
         pairs: (source_text, target_text) per example; the references for BLEU / exact match.
-        batches: {"inputs": [B, L], "targets": [B, L] int32, "example_index": [B] int32}; row r of
-            a batch is pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
+        batches: `batching.EvalBatch`es (batch, example_index): the model batch {"inputs": [B, L],
+            "targets": [B, L] int32} and beside it example_index [B] int32; row r of a batch is
+            pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
     """
 
     pairs: list[tuple[str, str]]
-    batches: list[dict[str, np.ndarray]]
+    batches: list[batching.EvalBatch]
 
 
 @dataclasses.dataclass(frozen=True)
