@@ -68,7 +68,7 @@ def test_average_of_the_last_checkpoints(tmp_path, data_dir, caplog):
         train_lib.train_and_evaluate(config, str(tmp_path / "other"))
 
 
-def _cli(workdir, data_dir, *flags):
+def _cli(workdir, data_dir, *flags, stderr=subprocess.PIPE):
     """`python -m train.translate` at test size, its stderr readable line by line."""
     args = [sys.executable, "-m", "train.translate", f"--workdir={workdir}", "--config.data.dataset=number_words/tiny",
             f"--config.data.data_dir={data_dir}", "--config.data.vocab_size=48", "--config.model.emb_dim=16",
@@ -77,7 +77,7 @@ def _cli(workdir, data_dir, *flags):
             "--config.data.max_source_length=24", "--config.data.max_target_length=24",
             "--config.data.tokens_per_batch=192", "--config.progress_bar=false", *flags]
     env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=REPO, env=env, stderr=stderr, stdout=subprocess.PIPE, text=True)
 
 
 def _wait_for(proc, marker: str) -> list[str]:
@@ -116,3 +116,47 @@ def test_sigint_during_the_final_evaluation_aborts_it(tmp_path, data_dir):
     assert proc.returncode == 0, err[-2000:]
     assert "Final evaluation aborted by SIGINT; saving step 2" in err and "Interrupted at step 2" in out
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_one_host_stops_every_host_at_the_same_step(tmp_path, data_dir, signum):
+    """Two processes on loopback: SIGTERM to one of them is JAX's preemption notice (SIGINT is forwarded
+    as one); both stop at the sync point (`multihost_utils.reached_preemption_sync_point`), save that
+    step and exit 0."""
+    from test_train_multihost import _free_port
+    from train.data import catalog
+
+    catalog.prepare_builder("number_words/tiny", data_dir)  # once, before two processes read it
+    address = f"127.0.0.1:{_free_port()}"
+    procs, logs = [], [tmp_path / f"process{i}.log" for i in range(2)]
+    for i in range(2):
+        with open(logs[i], "w") as log:
+            proc = _cli(tmp_path / "run", data_dir, "--config.num_train_steps=100000", "--config.log_every_steps=1",
+                        "--config.eval_every_steps=100000", "--config.checkpoint_every_steps=100000",
+                        "--config.data.batch_size_multiple=8", f"--config.distributed.coordinator_address={address}",
+                        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+                        stderr=log)
+        procs.append(proc)
+    try:
+        deadline = time.time() + 240
+        while not all("Compiled the train step" in p.read_text() for p in logs):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), logs[1].read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)  # steps are completing
+        procs[1].send_signal(signum)
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    steps = []
+    for i, (proc, out, log) in enumerate(zip(procs, outs, logs)):
+        text = log.read_text()
+        assert proc.returncode == 0, text[-3000:]
+        stopped = [line for line in text.splitlines() if ": saving step " in line and "Received" in line]
+        assert len(stopped) == 1 and "Interrupted at step" in out, text[-3000:]
+        # JAX's preemption service told every process; a SIGINT is named where it arrived.
+        assert ("Received SIGINT" if i == 1 and signum == signal.SIGINT else "a preemption notice") in stopped[0]
+        steps.append(int(stopped[0].split("saving step ")[1].split()[0]))
+    assert steps[0] == steps[1] and steps[0] >= 1
+    assert os.path.isdir(tmp_path / "run" / "checkpoints" / str(steps[0]))

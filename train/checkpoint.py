@@ -417,7 +417,7 @@ class PreemptionGuard:
         if self._synced:
             if step is None or not multihost_utils.reached_preemption_sync_point(step):
                 return False
-            self.signal_name = self.signal_name or "SIGTERM"
+            self.signal_name = self.signal_name or "a preemption notice (SIGTERM to a process of the job)"
             return True
         # JAX's preemption service is off (jax_enable_preemption_service): ask every process.
         flags = multihost_utils.process_allgather(np.asarray(self.requested))
