@@ -172,14 +172,9 @@ class RNNSeq2Seq(nn.Module):
 
     @nn.nowrap
     def attention_map(self, intermediates):
-        """What to plot of a pass's "intermediates" (built with `capture_attention=True`).
+        """[B, 1, T, S] alignments (one "head") of captured `intermediates`, None without attention.
 
-        Args:
-          intermediates: the "intermediates" collection of
-            `model.apply(..., mutable=["intermediates"])`.
-
-        Returns:
-          [B, 1, T, S] alignments (one "head"), or None without attention.
+        The interface is `Transformer.attention_map`'s.
         """
         if "alignment" not in intermediates:
             return None
