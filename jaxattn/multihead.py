@@ -106,7 +106,12 @@ def project_heads(proj_params: dict[str, Float[Array, "..."]], x: Float[Array, "
     d, n, h = _checks.check_rank(kernel, "proj_params['kernel']", "DNH")
     _checks.check_shape(x, name, (None, None, d), "BTD")
     _checks.check_float(x, name)
-    y = jnp.einsum("BTD,DNH->BTNH", x, kernel)  # [B, T, N, H]
+    b, t, _ = x.shape
+    # The einsum "BTD,DNH->BTNH" as one 2-D matmul over bitcast views: given the 3-D
+    # kernel, XLA:CPU physically transposes the kernel (backward) and its gradient on every
+    # step; as a matrix it does not (the base Transformer's train step runs ~1.15x faster).
+    y = x.reshape(b * t, d) @ kernel.reshape(d, n * h)  # [B·T, N·H]
+    y = y.reshape(b, t, n, h)  # [B, T, N, H]
     if "bias" in proj_params:
         _checks.check_shape(proj_params["bias"], "proj_params['bias']", (n, h), "NH")
         y = y + proj_params["bias"][None, None]  # [B, T, N, H]
@@ -127,7 +132,10 @@ def project_out(out_params: dict[str, Float[Array, "..."]],
     kernel = out_params["kernel"]
     n, h, d = _checks.check_rank(kernel, "out_params['kernel']", "NHO")
     _checks.check_shape(x, "x", (None, None, n, h), "BTNH")
-    y = jnp.einsum("BTNH,NHO->BTO", x, kernel)  # [B, T, O]
+    b, t, _, _ = x.shape
+    # "BTNH,NHO->BTO" as one 2-D matmul, for the reason given in `project_heads`.
+    y = x.reshape(b * t, n * h) @ kernel.reshape(n * h, d)  # [B·T, O]
+    y = y.reshape(b, t, d)  # [B, T, O]
     if "bias" in out_params:
         _checks.check_shape(out_params["bias"], "out_params['bias']", (d,), "O")
         y = y + out_params["bias"][None, None]  # [B, T, O]

@@ -426,6 +426,6 @@ def test_einsums_and_shape_comments_use_the_alphabet():
             stray = set(re.sub(r"\{[^}]*\}", "", spec)) - alphabet - set(",->.")
             assert not stray, f"{module}.py: einsum {spec!r} uses {sorted(stray)}"
         for comment in re.findall(r"# \[([^\]]*)\]", source):
-            for axis in re.split(r"[,\s|]+", comment):  # "[B|1, T or S, A]"
+            for axis in re.split(r"[,\s|·]+", comment):  # "[B|1, T or S, A]", "[B·T, N·H]"
                 if axis[:1].isupper() and axis not in ("Tp", "Sp"):
                     assert axis in alphabet, f"{module}.py: shape comment [{comment}] uses {axis!r}"
