@@ -13,9 +13,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # `python -m train.translate` keeps compiled programs in a persistent cache (default under ~/.cache);
 # the suite's subprocesses share one of their own instead, so tests never write to $HOME.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import functools
+    import shutil
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxattn-test-xla-cache-")
+    # Only the process that made it removes it (pytest-xdist workers inherit the variable).
+    atexit.register(functools.partial(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"],
+                                      ignore_errors=True))
 
 import jax  # noqa: E402
 
