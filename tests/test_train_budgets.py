@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import tqdm
 
 from test_train_e2e import _params, tiny
 from train import data, train_lib
@@ -23,12 +24,25 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplog):
-    config = tiny(transformer, data_dir, num_train_steps=10_000, max_train_minutes=0.02)  # ~1 s
+def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplog, monkeypatch):
+    config = tiny(transformer, data_dir, num_train_steps=10_000, max_train_minutes=0.02,  # ~1 s
+                  progress_bar=True, log_every_steps=10_000)
+    bars = []  # (finished steps, bar total) at every update of the progress bar
+
+    class RecordingBar(tqdm.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            bars.append((self.n, self.total))
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordingBar)
     with caplog.at_level(logging.INFO, logger="train"):
         summary = train_lib.train_and_evaluate(config, str(tmp_path))
     step = summary["step"]
     assert 1 <= step < 10_000 and not summary["interrupted"]
+    # The bar's total follows the time budget from the first finished step, not the 10,000-step one
+    # (nor only from the first log step).
+    assert bars and bars[-1][0] == step
+    assert all(n <= total < 10_000 for n, total in bars), bars
     assert np.isfinite(summary["test/loss"]) and "test/bleu" in summary
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"Training stopped at step {step}: max_train_minutes=0.02 reached" in m for m in messages)
@@ -36,6 +50,25 @@ def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplo
                for m in messages)
     assert any(m.startswith("Compiled the train step for batch [8, 24] in ") for m in messages)
     assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", str(step)))
+
+
+def test_budget_estimates_the_step_where_the_binding_budget_ends(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(train_lib.time, "time", lambda: clock[0])
+    config = transformer.get_config()
+    config.num_train_steps, config.max_train_minutes, config.data.num_epochs = 1_000_000, 1.0, 0
+    budget = train_lib._Budget(config, start_step=100, num_train_examples=5_000)
+    assert budget.estimate_total(100) == 1_000_000  # nothing measured yet: the step budget
+    clock[0] += 6.0  # 10 steps in 6 s of a 60 s budget: 90 more
+    assert budget.estimate_total(110) == 200
+    config.num_train_steps = 150
+    assert train_lib._Budget(config, 100, 5_000).estimate_total(100) == 150
+    config.num_train_steps, config.max_train_minutes, config.data.num_epochs = 1_000_000, 0.0, 2
+    budget = train_lib._Budget(config, start_step=0, num_train_examples=5_000)
+    budget.add_rows(500)  # 10 steps read 500 of 10,000 pairs: 200 steps in all
+    assert budget.estimate_total(10) == 200
+    clock[0] += 3600.0  # no time budget: the clock does not matter
+    assert budget.estimate_total(10) == 200
 
 
 def test_epoch_budget_is_one_pass_over_the_data(tmp_path, data_dir):

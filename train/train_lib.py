@@ -413,10 +413,10 @@ def _train(run: _Run, ckpt, writer, start_time: float) -> dict[str, Any]:
             budget.add_rows(int(np.count_nonzero(batch["targets"] == EOS_ID)))  # pairs, packed or not
             step += 1
             history.append(step_metrics)
+            bar.total = budget.estimate_total(step)  # every step: the ETA follows the binding budget at once
             if step % config.log_every_steps == 0:
                 sync()
                 history.write(step)
-                bar.total = budget.estimate_total(step)
                 bar.refresh()
             if budget.time_up(step % config.log_every_steps == 0):
                 budget.reason = f"max_train_minutes={config.max_train_minutes:g} reached"
