@@ -8,8 +8,13 @@ exit status 1. Any other exception is a bug and keeps its traceback.
 Python (notebooks, tests) can keep catching `ValueError`.
 """
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "one_line"]
 
 
 class UserError(ValueError):
     """A bad config field, flag, file or workdir: a one-line message naming it."""
+
+
+def one_line(text: object) -> str:
+    """`text` (or an exception's message) with its whitespace runs squeezed to single spaces."""
+    return " ".join(str(text).split())
