@@ -1,4 +1,6 @@
-"""Strict habits for the whole suite (see STYLE.md).
+"""Strict habits for the whole suite: implicit rank promotion is an error and float32 matmuls
+run at full precision (warnings from jaxattn and train are errors too, by the filterwarnings of
+pyproject.toml).
 
 Eight fake CPU devices are made available for sharding and pmap tests; the flag
 must be set before JAX is imported, which is why it lives here and nowhere in
