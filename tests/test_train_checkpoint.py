@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax.training import train_state
 
-from train import checkpoint, heatmaps, metrics
+from train import checkpoint, heatmaps, metrics, stopping
 
 
 def _state(value: float):
@@ -59,7 +59,7 @@ def test_keeps_latest_k_and_best_by_bleu(tmp_path):
 
 def test_preemption_guard_turns_sigterm_into_a_flag():
     previous = signal.getsignal(signal.SIGTERM)
-    with checkpoint.PreemptionGuard() as guard:
+    with stopping.PreemptionGuard() as guard:
         assert not guard.should_stop()
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.should_stop()
