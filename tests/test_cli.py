@@ -1,13 +1,16 @@
-"""train.cli: what the entry points share (flag errors, one-line user errors, log filtering)."""
+"""train.cli: what the entry points share (flag errors, one-line user errors); train.quiet: log filters, hooks."""
 
 import errno
 import logging
 import os
 import re
+import sys
+import threading
+import types
 
 import pytest
 
-from train import cli, train_lib
+from train import cli, quiet, train_lib
 from train.errors import UserError
 
 
@@ -55,12 +58,18 @@ def test_positional_arguments_are_rejected():
         cli.reject_positional(["prog", "extra", "words"])
 
 
-def test_logging_filters_orbax_metric_warning_once():
+def test_quiet_install_adds_log_filters_and_hooks_once(monkeypatch):
     absl_logger = logging.getLogger("absl")
     before = list(absl_logger.filters)
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_value))
     try:
         cli.configure_logging()
-        cli.configure_logging()
+        quiet.install()
+        hooks = threading.excepthook, sys.unraisablehook
+        quiet.install()
+        assert (threading.excepthook, sys.unraisablehook) == hooks  # wrapped once
         added = [f for f in absl_logger.filters if f not in before]
         assert len(added) <= 2
         for kind in ("_OrbaxMetricWarning", "_DiskFullEcho"):
@@ -76,5 +85,11 @@ def test_logging_filters_orbax_metric_warning_once():
         record = logging.LogRecord("absl", logging.ERROR, __file__, 1, "save failed", None, (OSError, other, None))
         assert absl_logger.filter(record)
         assert logging.getLogger("train").getEffectiveLevel() == logging.INFO
+
+        # Orbax's asyncio operations completing into its closed loop: echoes of a reported failure.
+        closed, bug = RuntimeError("Event loop is closed"), RuntimeError("a bug in a finalizer")
+        for error in (closed, bug):
+            sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+        assert printed == [bug]
     finally:
         absl_logger.filters[:] = before

@@ -22,7 +22,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from train import checkpoint, checkpoint_files, cli, run_config, train_lib, workdir_lock
+from train import checkpoint, checkpoint_files, cli, quiet, run_config, train_lib, workdir_lock
 from train.data import corpus, load_tokenizers, make_datasets
 from train.errors import UserError
 
@@ -240,7 +240,7 @@ def test_disk_full_echoes_of_background_writers_are_dropped(monkeypatch, capsys)
     printed = []
     monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
     monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_value))
-    cli._quiet_disk_full_echoes()
+    quiet.install()
 
     def writer(error):
         raise error

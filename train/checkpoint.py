@@ -26,7 +26,6 @@ import errno
 import logging
 import os
 import shutil
-import sys
 from typing import Any
 
 import grain
@@ -74,29 +73,6 @@ def _size(num_bytes: float) -> str:
     return ""
 
 
-def _drop_closed_event_loop_echoes() -> None:
-    """Silences the 'Event loop is closed' echoes of a failed save or restore (installed once).
-
-    Orbax runs a save's or restore's tensorstore operations on an asyncio loop
-    and closes it at the first failure; operations still in flight then complete
-    into the closed loop, and Python prints each as an unraisable RuntimeError
-    (dozens of tracebacks after one damaged file or a full disk). The failure
-    itself is reported; every other unraisable error still reaches the previous hook.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_closed_event_loop", False):
-        return
-
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook.drops_closed_event_loop = True
-    sys.unraisablehook = hook
-
-
 def _best_metric(metrics: dict[str, float]) -> float:
     return metrics[BEST_METRIC]
 
@@ -119,7 +95,6 @@ class Checkpointer:
         self._excluded: set[int] = set()
         self._pending: int | None = None  # the step of the save still being written
         self._snapshot = None
-        _drop_closed_event_loop_echoes()
         if read_only:
             self._snapshot = checkpoint_files.Snapshot(self.directory)
             damaged = []

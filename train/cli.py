@@ -14,15 +14,14 @@ import logging
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Callable
 
 import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
-from train import checkpoint, train_lib
-from train.errors import UserError
+from train import checkpoint, quiet, train_lib
+from train.errors import UserError, one_line
 
 # Errors that are the user's input, reported as one line; any other exception is a bug and keeps
 # its traceback.
@@ -32,29 +31,8 @@ USER_ERRORS = (UserError, train_lib.NonFiniteLossError)
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-# Library warnings that are no news to our users: Orbax's for saves without metrics (only evaluation
-# saves carry BLEU) and for checkpoints opened read-only (eval / translate / score do so on purpose),
-# TFDS's for the builder config of a TSV corpus (custom by design).
-LIBRARY_NOTICES = ("did not provide metrics", "Given directory is read only", "Using custom data configuration")
-
-
-class _OrbaxMetricWarning(logging.Filter):
-    """Drops the warnings of `LIBRARY_NOTICES`; every other warning stays visible."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(notice in message for notice in LIBRARY_NOTICES)
-
-
-class _DiskFullEcho(logging.Filter):
-    """Drops Orbax's tracebacks of a save that ran out of disk: the trainer reports it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and checkpoint.is_disk_full(record.exc_info[1]))
-
-
 def _fail(message: str) -> None:
-    print("error: " + " ".join(message.split()), file=sys.stderr)
+    print("error: " + one_line(message), file=sys.stderr)
     sys.exit(1)
 
 
@@ -110,10 +88,6 @@ def configure_logging() -> None:
     """Our progress lines at INFO; library chatter (Orbax, TFDS, absl) only from WARNING."""
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("train").setLevel(logging.INFO)
-    absl_logger = logging.getLogger("absl")
-    for kind in (_OrbaxMetricWarning, _DiskFullEcho):
-        if not any(isinstance(f, kind) for f in absl_logger.filters):
-            absl_logger.addFilter(kind())
 
 
 def environment_message(e: OSError) -> str:
@@ -158,32 +132,9 @@ def one_line_errors(body: Callable[[], int]) -> int:
             message = _message(first) or message
             first = None if first.__suppress_context__ else first.__context__
         if checkpoint.is_disk_full(e):
-            _DISK_FULL_REPORTED.set()
-        print("error: " + " ".join(message.split()), file=sys.stderr)
+            quiet.DISK_FULL_REPORTED.set()
+        print("error: " + one_line(message), file=sys.stderr)
         return 1
-
-
-# Set once a full disk has been reported: I/O errors of background writers after that are its echoes.
-_DISK_FULL_REPORTED = threading.Event()
-
-
-def _quiet_disk_full_echoes() -> None:
-    """Drops the tracebacks a full disk raises in background writers (TensorBoard's flush thread,
-    its exit handler, Orbax's save threads): the main thread reports the full disk in one line."""
-    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
-
-    def echo(error: BaseException | None) -> bool:
-        return checkpoint.is_disk_full(error) or (_DISK_FULL_REPORTED.is_set() and isinstance(error, OSError))
-
-    def on_thread_error(args) -> None:
-        if not echo(args.exc_value):
-            thread_hook(args)
-
-    def on_unraisable(unraisable) -> None:
-        if not echo(unraisable.exc_value):
-            unraisable_hook(unraisable)
-
-    threading.excepthook, sys.unraisablehook = on_thread_error, on_unraisable
 
 
 def run(body: Callable[[], int]) -> None:
@@ -191,6 +142,6 @@ def run(body: Callable[[], int]) -> None:
     def main(argv: list[str]) -> int:
         del argv  # parse_flags refused any positional argument
         configure_logging()
-        _quiet_disk_full_echoes()
+        quiet.install()  # the process's one place for global hooks and log filters
         return one_line_errors(body)
     app.run(main, flags_parser=parse_flags)
