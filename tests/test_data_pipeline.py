@@ -226,6 +226,21 @@ def test_prefetch_thread_stops_when_iterator_is_dropped(dirs):
     assert threading.active_count() <= before
 
 
+def test_prefetch_close_stops_the_thread_and_keeps_the_consumed_state(dirs):
+    it = iter(_make(dirs, num_epochs=0, prefetch_batches=2).train)
+    next(it)
+    running = threading.active_count()
+    state = json.loads(json.dumps(it.get_state()))
+    expected = _stream(_make(dirs, num_epochs=0), 2)[1]  # the batch after the one taken
+    it.close()
+    assert threading.active_count() < running
+    assert it.get_state() == state  # what the trainer saves after closing: the batch taken last
+    resumed = iter(_make(dirs, num_epochs=0, prefetch_batches=2).train)
+    resumed.set_state(state)
+    assert _same([next(resumed)], [expected])
+    resumed.close()
+
+
 def test_fast_pair_reader_matches_tfds_decoding(dirs):
     builder = data.NumberWords(config="tiny", data_dir=str(dirs[0]))
     builder.download_and_prepare(file_format="array_record")

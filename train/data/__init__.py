@@ -23,6 +23,7 @@ Use from the trainer::
     batch = next(train_iter)                            # dict of numpy int32 arrays
     state = train_iter.get_state()                      # JSON-serialisable dict: save it ...
     train_iter.set_state(state)                         # ... and restore it on resume
+    train_iter.close()                                  # when done: stops its prefetch thread
     stored_fingerprint = ds.tokenizers.fingerprint()    # save with the checkpoint ...
     ds.tokenizers.check(stored_fingerprint)             # ... and check it on restore
     toks = data.load_tokenizers(f"{workdir}/vocab", shared=True)  # translate-only runs
@@ -65,7 +66,6 @@ from train.data.pipeline import Datasets
 from train.data.pipeline import EvalSet
 from train.data.pipeline import load_dataset
 from train.data.pipeline import make_datasets
-from train.data.prefetch import PrefetchIterDataset
 from train.data.tokenizer import BOS_ID
 from train.data.tokenizer import EOS_ID
 from train.data.tokenizer import PAD_ID
@@ -79,7 +79,7 @@ __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
     "BucketBatchIterDataset", "Datasets", "EvalBatch", "EvalSet", "NumberLists", "NumberListsConfig", "NumberWords",
     "NumberWordsConfig",
-    "PackBatchIterDataset", "ParallelCorpus", "PrefetchIterDataset", "Tokenizer", "Tokenizers",
+    "PackBatchIterDataset", "ParallelCorpus", "Tokenizer", "Tokenizers",
     "corpus_builder", "default_bucket_lengths", "default_data_config", "eval_batches",
     "load_dataset", "load_tokenizers", "make_datasets", "number_to_words", "numbers_to_words", "train_sentencepiece",
 ]

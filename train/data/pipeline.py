@@ -26,7 +26,6 @@ import numpy as np
 from train.data import batching
 from train.data import catalog
 from train.data import corpus
-from train.data import prefetch
 from train.data.tokenizer import MODEL_TYPES, Tokenizers, load_or_train_tokenizers
 from train.errors import UserError
 
@@ -58,7 +57,9 @@ class Datasets:
 
     Attributes:
         train: `iter(train)` is a grain DatasetIterator of numpy batches (`train.data` docstring format) with
-            `get_state() -> dict` (JSON-serialisable) and `set_state(dict)`.
+            `get_state() -> dict` (JSON-serialisable), `set_state(dict)` and `close()` (stops the prefetch
+            thread; grain 0.2.18 prints an ignored AttributeError if an iterator lives on until
+            interpreter shutdown, closed or not, so close it and let it go when done).
         eval: {split: EvalSet} in `eval_splits` order (the first is validation).
         tokenizers: source/target SentencePiece tokenizers (`.source is .target` when shared).
         batch_shapes: every [rows, L] shape a training batch can have (for AOT compiles/logging).
@@ -297,8 +298,9 @@ def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader,
                                                 pool_size=config.bucket_pool_size, seed=config.seed)
         shapes = tuple(zip(rows, lengths))
     if config.prefetch_batches:
-        # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step.
-        train = prefetch.PrefetchIterDataset(train, buffer_size=config.prefetch_batches)
+        # A background thread runs bucketing/packing ahead, so filling a pool never stalls a step. Its
+        # state is the one after the last batch taken, so a restored iterator goes on exactly there.
+        train = grain.experimental.ThreadPrefetchIterDataset(train, prefetch_buffer_size=config.prefetch_batches)
     return train, shapes, len(records)
 
 
