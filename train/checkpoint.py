@@ -20,6 +20,10 @@ Reading picks a checkpoint with `select`: it is checked file by file first
 the newest intact one is used instead. A resumed run sets damaged steps aside
 as `damaged-<step>/` (so that its own saves cannot land on them); readers
 (`read_only`) work on a private hard-link snapshot and touch nothing.
+
+A restore that fails says why: damaged files (`DamagedCheckpointError`), or a
+state of another structure than the code builds (`CheckpointMismatchError`,
+naming the differing arrays); any other error is a bug and keeps its traceback.
 """
 
 import errno
@@ -36,8 +40,8 @@ from train import checkpoint_files
 from train.checkpoint_files import DamagedCheckpointError
 from train.errors import UserError
 
-__all__ = ["CHECKPOINT_DIR", "RESUME_ITEMS", "READ_ITEMS", "Checkpointer", "DamagedCheckpointError",
-           "DiskFullError", "is_disk_full"]
+__all__ = ["CHECKPOINT_DIR", "RESUME_ITEMS", "READ_ITEMS", "CheckpointMismatchError", "Checkpointer",
+           "DamagedCheckpointError", "DiskFullError", "is_disk_full"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +53,10 @@ READ_ITEMS = ("state", "config")  # what eval and translate restore
 
 class DiskFullError(UserError):
     """A save ran out of disk space: says where, how much is free and which checkpoint is complete."""
+
+
+class CheckpointMismatchError(UserError):
+    """An intact checkpoint whose state differs from what the code builds: names what differs."""
 
 
 def is_disk_full(error: BaseException | None) -> bool:
@@ -97,12 +105,7 @@ class Checkpointer:
         self._snapshot = None
         if read_only:
             self._snapshot = checkpoint_files.Snapshot(self.directory)
-            damaged = []
-            for step in self._snapshot.steps:  # unreadable metadata would stop Orbax itself
-                try:
-                    checkpoint_files.check_step(self._snapshot.path, step, (), arrays=False)
-                except DamagedCheckpointError as e:
-                    damaged.append(e)
+            damaged = checkpoint_files.unreadable(self._snapshot.path, self._snapshot.steps)
             for e in damaged:
                 self._exclude(e.step)
             newest = max(self._snapshot.steps, default=None)
@@ -140,12 +143,7 @@ class Checkpointer:
         because every checkpoint it had was damaged.
         """
         steps = checkpoint_files.step_dirs(self.directory)
-        damaged = []
-        for step in steps:
-            try:
-                checkpoint_files.check_step(self.directory, step, (), arrays=False)
-            except DamagedCheckpointError as e:
-                damaged.append(e)
+        damaged = checkpoint_files.unreadable(self.directory, steps)
         if damaged and len(damaged) == len(steps):
             raise self._none_intact(damaged)
         newest = max(set(steps) - {e.step for e in damaged}, default=None)
@@ -277,18 +275,31 @@ class Checkpointer:
         """Restores state and rng into the given abstract targets (shardings included).
 
         If `data_iterator` is given, its position is restored in place.
+
+        Raises:
+          DamagedCheckpointError: a file of the checkpoint cannot be read.
+          CheckpointMismatchError: the saved state has other arrays or shapes than the targets.
         """
-        restored = self._restore_item(step, "state", ocp.args.StandardRestore(
-            {"state": abstract_state, "rng": abstract_rng}))
+        target = {"state": abstract_state, "rng": abstract_rng}
+        restored = self._restore_item(step, "state", ocp.args.StandardRestore(target), target)
         if data_iterator is not None:
             self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return restored["state"], restored["rng"]
 
-    def _restore_item(self, step: int, item: str, args: Any) -> Any:
+    def _restore_item(self, step: int, item: str, args: Any, target: Any = None) -> Any:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
-        except Exception as e:  # what `check` cannot see (e.g. a chunk that does not decode)
-            raise DamagedCheckpointError(step, f"{step}/{item}", " ".join(str(e).split())[:300]) from e
+        except Exception as e:
+            root = self._snapshot.path if self._snapshot else self.directory
+            checkpoint_files.check_step(root, step, (item,))  # damaged files: DamagedCheckpointError
+            if target is not None:
+                differences = checkpoint_files.state_differences(root, step, item, target)
+                if differences:
+                    more = f"; and {len(differences) - 5} more" if len(differences) > 5 else ""
+                    raise CheckpointMismatchError(
+                        f"checkpoint {step} holds a different state structure than this code builds: "
+                        f"{'; '.join(differences[:5])}{more}") from e
+            raise  # intact and of the expected structure: a bug, with its traceback
 
     def restore_config(self, step: int) -> dict[str, Any]:
         """The config saved with checkpoint `step` (`{"config": ..., "vocab": ...}` for the trainer's)."""
@@ -322,4 +333,3 @@ class Checkpointer:
                     self._snapshot.close()
                 elif jax.process_index() == 0:
                     checkpoint_files.purge_rotated(self.directory)
-

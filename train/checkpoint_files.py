@@ -4,7 +4,8 @@ Orbax trusts what it reads: a truncated array file or a garbage metadata file
 surfaces as a tensorstore or JSON traceback in the middle of a restore.
 `check_step` reads what a restore would read first -- every JSON file parsed,
 every array chunk read through tensorstore's OCDBT key-value store (plain
-futures, no asyncio) -- and names the first file that fails.
+futures, no asyncio) -- and names the first file that fails. `state_differences`
+compares the arrays Orbax's metadata lists with those the code expects.
 
 Layout of `<workdir>/checkpoints/`:
 
@@ -29,13 +30,17 @@ import re
 import shutil
 import socket
 import tempfile
+from typing import Any
 
+import jax
+import orbax.checkpoint as ocp
 import tensorstore as ts
+from etils import epath
 
-from train.errors import UserError
+from train.errors import UserError, one_line
 
 __all__ = ["DAMAGED_PREFIX", "ROTATED_DIR", "DamagedCheckpointError", "Snapshot", "check_step",
-           "move_aside", "purge_rotated", "step_dirs"]
+           "move_aside", "purge_rotated", "state_differences", "step_dirs", "unreadable"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,12 +68,12 @@ def step_dirs(directory: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
-def _one_line(error: BaseException) -> str:
+def _reason(error: BaseException) -> str:
     if isinstance(error, (UnicodeDecodeError, json.JSONDecodeError)):
         return f"not valid JSON ({error})"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return " ".join(str(error).split()) or type(error).__name__
+    return one_line(error) or type(error).__name__
 
 
 def _tensorstore_reason(error: BaseException) -> tuple[str | None, str]:
@@ -76,8 +81,8 @@ def _tensorstore_reason(error: BaseException) -> tuple[str | None, str]:
     message = str(error).split(" [tensorstore_spec")[0]
     files = re.findall(r'local file "([^"]+)"', message)
     if not files:
-        return None, " ".join(message.split())
-    return files[-1], " ".join(message.rsplit(f'"{files[-1]}"', 1)[1].lstrip(": ").split()) or message
+        return None, one_line(message)
+    return files[-1], one_line(message.rsplit(f'"{files[-1]}"', 1)[1].lstrip(": ")) or message
 
 
 def _metadata_files(root: str) -> list[str]:
@@ -112,7 +117,7 @@ def check_step(directory: str, step: int, items: tuple[str, ...] = ("state", "co
             with open(path, "rb") as f:
                 json.loads(f.read())
         except (OSError, ValueError) as e:
-            raise damaged(path, _one_line(e)) from None
+            raise damaged(path, _reason(e)) from None
     if arrays and "state" in items:
         state = os.path.join(root, "state")
         if not os.path.isfile(os.path.join(state, "manifest.ocdbt")):
@@ -124,6 +129,17 @@ def check_step(directory: str, step: int, items: tuple[str, ...] = ("state", "co
             raise damaged(path or state, reason) from None
 
 
+def unreadable(directory: str, steps: list[int]) -> list[DamagedCheckpointError]:
+    """The steps whose metadata cannot be read (Orbax's manager stops on a garbage metrics file), as errors."""
+    damaged = []
+    for step in steps:
+        try:
+            check_step(directory, step, (), arrays=False)
+        except DamagedCheckpointError as e:
+            damaged.append(e)
+    return damaged
+
+
 def _read_every_chunk(state_dir: str) -> None:
     store = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": state_dir + "/"}}).result()
     keys = store.list().result()
@@ -132,6 +148,36 @@ def _read_every_chunk(state_dir: str) -> None:
         for key, read in reads:
             if read.result().state != "value":
                 raise ValueError(f'local file "{os.path.join(state_dir, key.decode())}": missing')
+
+
+def _arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{"params/decoder/kernel": (shape, dtype)} for the array leaves of `tree` (its "state/" level dropped)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        out["/".join(names[1:] if names[:1] == ["state"] else names)] = (tuple(leaf.shape), leaf.dtype)
+    return out
+
+
+def state_differences(directory: str, step: int, item: str, target: Any) -> list[str]:
+    """How the arrays of `item` in checkpoint `step` differ from `target` (abstract arrays), per path.
+
+    Missing and extra arrays and other shapes are differences, the parameters' first; other
+    dtypes are listed only next to those (a restore casts them).
+    """
+    saved = _arrays(ocp.StandardCheckpointHandler().metadata(epath.Path(directory) / str(step) / item).tree)
+    wanted = _arrays(target)
+    out, dtypes = [], []
+    for path in sorted(saved.keys() | wanted.keys(), key=lambda p: (not p.startswith("params/"), p)):
+        if path not in saved:
+            out.append(f"{path}: not in the checkpoint, model {list(wanted[path][0])}")
+        elif path not in wanted:
+            out.append(f"{path}: checkpoint {list(saved[path][0])}, not in the model")
+        elif saved[path][0] != wanted[path][0]:
+            out.append(f"{path}: checkpoint {list(saved[path][0])}, model {list(wanted[path][0])}")
+        elif saved[path][1] != wanted[path][1]:
+            dtypes.append(f"{path}: checkpoint {saved[path][1]}, model {wanted[path][1]}")
+    return out + dtypes if out else []
 
 
 def move_aside(directory: str, step: int) -> str:
@@ -202,7 +248,7 @@ class Snapshot:
             self._remove_dead(parent, host)
             self.path = tempfile.mkdtemp(prefix=f"{os.getpid()}-{host}-", dir=parent)
         except OSError as e:
-            _log.info("Reading checkpoints in place (no snapshot in %s: %s)", parent, _one_line(e))
+            _log.info("Reading checkpoints in place (no snapshot in %s: %s)", parent, _reason(e))
             self.steps = step_dirs(directory)
             return
         for step in step_dirs(directory):
