@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from train.errors import UserError
+from train.errors import UserError, one_line
 
 __all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers", "pad_rows",
            "train_sentencepiece", "load_or_train_tokenizers", "load_tokenizers", "MODEL_TYPES"]
@@ -84,7 +84,7 @@ class Tokenizer:
         try:
             return cls(proto)
         except RuntimeError as e:  # SentencePiece cannot parse it
-            raise UserError(f"vocabulary {path}: not a SentencePiece model ({' '.join(str(e).split())[:200]}); "
+            raise UserError(f"vocabulary {path}: not a SentencePiece model ({one_line(e)[:200]}); "
                             "restore it from a copy of this workdir (its checkpoints were trained with it), "
                             "or train in a new --workdir") from None
 
