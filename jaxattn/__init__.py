@@ -37,6 +37,7 @@ lengths `Tp`, `Sp`).
 
 Attention inputs are laid out `[B, T, N, H]` (as `jax.nn.dot_product_attention`
 and Flax). Masks are boolean, `True` = may attend, broadcastable to `[B, N, T, S]`.
+Token ids: pad 0, unk 1, <sos> 2, <eos> 3 (`jaxattn.tokens`, their one definition).
 """
 
 from jaxattn.attention import (
@@ -74,6 +75,7 @@ from jaxattn.scores import (
     scaled_dot_product_score,
 )
 from jaxattn.softmax import masked_softmax
+from jaxattn.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 __version__ = "0.1.0"
 
@@ -113,6 +115,11 @@ __all__ = [
     "init_kv_cache",
     "update_kv_cache",
     "cached_attention",
+    # special token ids
+    "PAD_ID",
+    "UNK_ID",
+    "BOS_ID",
+    "EOS_ID",
 ]
 
 # The model zoo (Flax modules built on the primitives above) and decoding.

@@ -4,6 +4,8 @@ import os
 import numpy as np
 import pytest
 
+import jaxattn
+from jaxattn.models import RNNConfig, TransformerConfig
 from train import data
 from train.data import number_words as nw
 from train.data import tokenizer as tk
@@ -21,6 +23,14 @@ def test_special_ids_fixed(tok):
     assert (data.PAD_ID, data.UNK_ID, data.BOS_ID, data.EOS_ID) == (0, 1, 2, 3)
     assert [tok.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
     assert tok.vocab_size == 96
+
+
+def test_vocabularies_and_models_share_one_set_of_special_ids():
+    ids = (jaxattn.PAD_ID, jaxattn.BOS_ID, jaxattn.EOS_ID)
+    assert (data.PAD_ID, data.BOS_ID, data.EOS_ID) == (tk.PAD_ID, tk.BOS_ID, tk.EOS_ID) == ids
+    assert data.UNK_ID == tk.UNK_ID == jaxattn.UNK_ID
+    for config in (TransformerConfig.tiny(96), RNNConfig.tiny(96)):
+        assert (config.pad_id, config.bos_id, config.eos_id) == ids, type(config).__name__
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxattn import PAD_ID
 from train import losses
 
 
@@ -15,7 +16,7 @@ def _reference_sums(logits, targets, eps):
     one_hot = jax.nn.one_hot(targets, vocab)                                        # [B, T, V]
     q = one_hot * (1 - eps) + (1 - one_hot) * eps / (vocab - 1)                     # [B, T, V]
     entropy = -jnp.sum(jnp.where(q > 0, q * jnp.log(q), 0.0), -1)                   # [B, T]
-    weights = (targets != 0).astype(jnp.float32)                                    # [B, T]
+    weights = (targets != PAD_ID).astype(jnp.float32)                               # [B, T]
     loss = -jnp.sum(q * log_probs, -1) - entropy                                    # [B, T]
     nll = -jnp.sum(one_hot * log_probs, -1)                                         # [B, T]
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)               # [B, T]
@@ -29,16 +30,16 @@ def test_sums_and_gradients_match_reference(eps, vocab):
     rng = np.random.default_rng(vocab)
     logits = jnp.asarray(3 * rng.normal(size=(3, 5, vocab)), jnp.float32)          # [B, T, V]
     targets = jnp.asarray(rng.integers(1, vocab, size=(3, 5)), jnp.int32)          # [B, T]
-    targets = targets.at[0, 3:].set(0).at[1, 0].set(int(jnp.argmax(logits[1, 0])))
-    got = losses.cross_entropy_sums(logits, targets, eps)
+    targets = targets.at[0, 3:].set(PAD_ID).at[1, 0].set(int(jnp.argmax(logits[1, 0])))
+    got = losses.cross_entropy_sums(logits, targets, eps, pad_id=PAD_ID)
     want = _reference_sums(logits, targets, eps)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
     assert float(got["correct_sum"]) >= 1.0  # the planted argmax counts
-    grad = jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps)["loss_sum"])(logits)
+    grad = jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps, pad_id=PAD_ID)["loss_sum"])(logits)
     want_grad = jax.grad(lambda x: _reference_sums(x, targets, eps)["loss_sum"])(logits)
     np.testing.assert_allclose(grad, want_grad, atol=1e-6)
-    grad = jax.jit(jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps)["nll_sum"]))(logits)
+    grad = jax.jit(jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps, pad_id=PAD_ID)["nll_sum"]))(logits)
     want_grad = jax.grad(lambda x: _reference_sums(x, targets, eps)["nll_sum"])(logits)
     np.testing.assert_allclose(grad, want_grad, atol=1e-6)
 

@@ -1,5 +1,6 @@
 """Loss, schedules, optimizer and the train/eval steps under jit (Mesh) and pmap."""
 
+import dataclasses
 import functools
 
 import chex
@@ -12,15 +13,25 @@ import numpy as np
 import pytest
 from model_params import numpy_init, toy_batch
 
+from jaxattn import BOS_ID, EOS_ID, PAD_ID
 from jaxattn.models import Transformer, TransformerConfig
 from train import losses, optim, sharding, steps
 from train.configs import base
 from train.data import PackBatchIterDataset
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyConfig:
+    """What the steps read from a model's config: its special ids."""
+
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+
+
 class TinySeq2Seq(nn.Module):
     """A throwaway model with the trainer's interface: bag-of-source + previous target token."""
 
+    config: TinyConfig = TinyConfig()
     vocab: int = 11
     dim: int = 8
     dropout_rate: float = 0.0
@@ -32,7 +43,8 @@ class TinySeq2Seq(nn.Module):
             self.sow("metrics", "step_seen", jnp.asarray(step, jnp.float32))
         embed = nn.Embed(self.vocab, self.dim)
         source = jnp.mean(embed(inputs), axis=1, keepdims=True)                     # [B, 1, D]
-        prev = jnp.concatenate([jnp.full_like(targets[:, :1], 2), targets[:, :-1]], 1)  # [B, T]
+        prev = jnp.concatenate([jnp.full_like(targets[:, :1], self.config.bos_id), targets[:, :-1]],
+                               1)                                                   # [B, T]
         h = jnp.tanh(nn.Dense(self.dim)(embed(prev) + source))                      # [B, T, D]
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         return nn.Dense(self.vocab)(h).astype(jnp.float32)                          # [B, T, V]
@@ -53,8 +65,8 @@ def _batch(rng: np.random.Generator, b: int = 8, s: int = 5, t: int = 7, vocab: 
     # Ragged lengths: padding differs per row (and so per device shard).
     for row in range(b):
         cut = 1 + (row * 3) % t
-        targets[row, cut:] = 0
-        targets[row, cut - 1] = 3
+        targets[row, cut:] = PAD_ID
+        targets[row, cut - 1] = EOS_ID
     return {"inputs": inputs, "targets": targets}
 
 
@@ -63,12 +75,12 @@ def _batch(rng: np.random.Generator, b: int = 8, s: int = 5, t: int = 7, vocab: 
 
 def test_cross_entropy_hand_computed():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]]))        # [1, 2, 3]
-    targets = jnp.array([[0, 1]])                                                 # first is pad
-    sums = losses.cross_entropy_sums(logits, jnp.array([[1, 0]]), 0.0)
+    targets = jnp.array([[PAD_ID, 1]])                                            # first is pad
+    sums = losses.cross_entropy_sums(logits, jnp.array([[1, PAD_ID]]), 0.0, pad_id=PAD_ID)
     np.testing.assert_allclose(sums["nll_sum"], -np.log(0.25), rtol=1e-6)
     assert float(sums["weight_sum"]) == 1.0
     assert float(sums["correct_sum"]) == 0.0
-    sums = losses.cross_entropy_sums(logits, targets, 0.0)
+    sums = losses.cross_entropy_sums(logits, targets, 0.0, pad_id=PAD_ID)
     np.testing.assert_allclose(sums["nll_sum"], np.log(3.0), rtol=1e-6)
 
 
@@ -76,23 +88,39 @@ def test_label_smoothing_matches_explicit_kl():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)                 # [B, T, V]
     targets = jnp.asarray(rng.integers(1, 7, size=(3, 5)))
-    targets = targets.at[0, 3:].set(0)
+    targets = targets.at[0, 3:].set(PAD_ID)
     eps, vocab = 0.1, 7
     q = jax.nn.one_hot(targets, vocab) * (1 - eps) + (1 - jax.nn.one_hot(targets, vocab)) * eps / (vocab - 1)
     kl = jnp.sum(q * (jnp.log(q) - jax.nn.log_softmax(logits)), -1)                # [B, T]
-    expected = jnp.sum(kl * (targets != 0))
-    sums = losses.cross_entropy_sums(logits, targets, eps)
+    expected = jnp.sum(kl * (targets != PAD_ID))
+    sums = losses.cross_entropy_sums(logits, targets, eps, pad_id=PAD_ID)
     np.testing.assert_allclose(sums["loss_sum"], expected, rtol=1e-5)
     # The optimum of the smoothed loss is the smoothed distribution, at loss 0.
-    sums = losses.cross_entropy_sums(jnp.log(q), targets, eps)
+    sums = losses.cross_entropy_sums(jnp.log(q), targets, eps, pad_id=PAD_ID)
     np.testing.assert_allclose(sums["loss_sum"], 0.0, atol=1e-5)
 
 
 def test_cross_entropy_rejects_bad_shapes():
     with pytest.raises(ValueError, match="logits"):
-        losses.cross_entropy_sums(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32))
+        losses.cross_entropy_sums(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32), pad_id=PAD_ID)
     with pytest.raises(ValueError, match="label_smoothing"):
-        losses.cross_entropy_sums(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), 1.0)
+        losses.cross_entropy_sums(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), 1.0, pad_id=PAD_ID)
+
+
+def test_steps_take_the_pad_id_from_the_model_config():
+    batch = _batch(np.random.default_rng(0))
+    moved = {k: np.where(v == PAD_ID, 9, np.where(v == 9, 4, v)) for k, v in batch.items()}  # pad 9
+    sums = {}
+    for name, model, b in (("pad 0", TinySeq2Seq(), batch),
+                           ("pad 9", TinySeq2Seq(config=TinyConfig(pad_id=9)), moved)):
+        params = steps.init_state(jax.random.PRNGKey(0), model=model, tx=optim.make_optimizer(_config()),
+                                  input_shape=(1, 5), target_shape=(1, 7)).params
+        eval_step = functools.partial(steps.eval_step, model=model, label_smoothing=0.0)
+        sums[name] = jax.jit(eval_step)(params, b)
+    real = float(np.sum(batch["targets"] != PAD_ID))
+    assert real < batch["targets"].size  # the batch has padding to leave out
+    for s in sums.values():
+        assert float(s["weight_sum"]) == real and float(s["tokens"]) == real + batch["inputs"].size
 
 
 # -- schedules and optimizer ------------------------------------------------------------
@@ -133,7 +161,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     model = TinySeq2Seq()
     rng = np.random.default_rng(1)
     batch = _batch(rng)
-    batch["targets"][:, :] = np.where(batch["targets"] > 0, batch["targets"], 5)  # equal counts
+    batch["targets"][:, :] = np.where(batch["targets"] != PAD_ID, batch["targets"], 5)  # equal counts
     init = functools.partial(steps.init_state, model=model, input_shape=(1, 5), target_shape=(1, 7))
 
     def run(config, batches):
@@ -237,7 +265,7 @@ def test_steps_feed_packed_batches_to_the_model_as_is():
                                           num_encoder_layers=1, num_decoder_layers=1, max_len=32,
                                           dropout_rate=0.0))
     params = numpy_init(model, inputs, targets)["params"]
-    pairs = [{"inputs": i[i != 0], "targets": t[t != 0]} for i, t in zip(inputs, targets)]
+    pairs = [{"inputs": i[i != PAD_ID], "targets": t[t != PAD_ID]} for i, t in zip(inputs, targets)]
     chunks = grain.MapDataset.source([pairs]).to_iter_dataset()
     packed = list(PackBatchIterDataset(chunks, length=12, rows=2, pool_size=3, seed=0))
     assert len(packed) == 1 and "inputs_positions" in packed[0]

@@ -21,7 +21,8 @@ import numpy as np
 import sacrebleu
 
 from jaxattn import decoding
-from train import heatmaps, losses
+from jaxattn.tokens import EOS_ID, PAD_ID
+from train import heatmaps
 from train.data import EvalBatch
 from train.data.tokenizer import pad_rows
 
@@ -56,17 +57,18 @@ def decode_lengths(source_lengths: Any, decode_config: Any) -> Any:
 _EMPTY_SLOT = -1.0e8
 
 
-def _within_limits(seqs: jax.Array, scores: jax.Array, limits: jax.Array, eos_id: int
-                   ) -> tuple[jax.Array, jax.Array]:
+def _within_limits(seqs: jax.Array, scores: jax.Array, limits: jax.Array, *, eos_id: int,
+                   pad_id: int) -> tuple[jax.Array, jax.Array]:
     """Per row, the hypotheses that end within the row's limit first, the others cut at it.
 
     Args:
       seqs: [B, k, T'] hypotheses, best first.
       scores: [B, k] their scores.
       limits: [B] most tokens per row (eos included), <= T'.
+      eos_id, pad_id: the model's special ids.
 
     Returns:
-      (seqs [B, k, T'] reordered and zeroed from each row's limit on, scores [B, k] with -inf for
+      (seqs [B, k, T'] reordered and padded from each row's limit on, scores [B, k] with -inf for
       the cut hypotheses: a search bounded by the row's limit would not have found them).
     """
     steps = seqs.shape[-1]
@@ -78,7 +80,7 @@ def _within_limits(seqs: jax.Array, scores: jax.Array, limits: jax.Array, eos_id
     scores = jnp.where(jnp.take_along_axis(fits, order, axis=1),
                        jnp.take_along_axis(scores, order, axis=1), -jnp.inf)  # [B, k]
     keep = jnp.arange(steps)[None, None, :] < limits[:, None, None]           # [B, 1, T']
-    return jnp.where(keep, seqs, 0), scores
+    return jnp.where(keep, seqs, pad_id), scores
 
 
 def make_decode_fn(
@@ -117,7 +119,8 @@ def make_decode_fn(
     def decode(params, inputs):
         limits = decode_lengths(jnp.sum(inputs != cfg.pad_id, axis=1), decode_config)  # [B]
         seqs, scores = search(params, inputs, int(decode_lengths(inputs.shape[1], decode_config)))
-        seqs, scores = _within_limits(seqs, scores, limits, cfg.eos_id)  # [B, k, T'], [B, k]
+        seqs, scores = _within_limits(seqs, scores, limits, eos_id=cfg.eos_id,
+                                      pad_id=cfg.pad_id)  # [B, k, T'], [B, k]
         return (seqs, scores) if return_all else seqs[:, 0]
 
     return jax.jit(decode, out_shardings=out_sharding)
@@ -168,7 +171,8 @@ def decode_eval_set(
 
     Returns:
       One dict per example, in dataset order: `index`, `source`, `reference`,
-      `hypothesis` (text), `inputs` and `tokens` (int ids, padding stripped).
+      `hypothesis` (text), `inputs` and `tokens` (int ids, padding stripped, `tokens`
+      cut after its first <eos>; pad and <eos> are the vocabulary's, `jaxattn.tokens`).
     """
     rows = []
     for batch, index in eval_set.batches:
@@ -183,14 +187,14 @@ def decode_eval_set(
                 "source": source,
                 "reference": reference,
                 "hypothesis": tokenizers.target.decode(tokens[r]),
-                "inputs": batch["inputs"][r][batch["inputs"][r] != losses.PAD_ID],
-                "tokens": _until_eos(tokens[r], losses.PAD_ID),
+                "inputs": batch["inputs"][r][batch["inputs"][r] != PAD_ID],
+                "tokens": _until_eos(tokens[r], pad_id=PAD_ID, eos_id=EOS_ID),
             })
     rows.sort(key=lambda row: row["index"])
     return rows
 
 
-def _until_eos(ids: np.ndarray, pad_id: int, eos_id: int = 3) -> np.ndarray:
+def _until_eos(ids: np.ndarray, *, pad_id: int, eos_id: int) -> np.ndarray:
     ids = ids[ids != pad_id]
     ends = np.nonzero(ids == eos_id)[0]
     return ids[: ends[0] + 1] if ends.size else ids

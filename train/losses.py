@@ -17,9 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cross_entropy_sums", "PAD_ID"]
-
-PAD_ID = 0
+__all__ = ["cross_entropy_sums"]
 
 
 @jax.custom_vjp
@@ -72,7 +70,7 @@ def _max_and_argmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def cross_entropy_sums(
-    logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+    logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0, *, pad_id: int
 ) -> dict[str, jax.Array]:
     """Summed losses over the non-pad target tokens.
 
@@ -81,8 +79,9 @@ def cross_entropy_sums(
 
     Args:
       logits: [B, T, V] float32 decoder logits.
-      targets: [B, T] int target ids, 0 = pad.
+      targets: [B, T] int target ids.
       label_smoothing: eps in [0, 1).
+      pad_id: the padding id of `targets` (the model config's `pad_id`).
 
     Returns:
       Scalars: `loss_sum` (label-smoothed), `nll_sum` (unsmoothed negative
@@ -97,7 +96,7 @@ def cross_entropy_sums(
         raise ValueError(f"label_smoothing: got {label_smoothing}, expected a value in [0, 1)")
     vocab = logits.shape[-1]
     logits = logits.astype(jnp.float32)
-    weights = (targets != PAD_ID).astype(jnp.float32)                       # [B, T]
+    weights = (targets != pad_id).astype(jnp.float32)                       # [B, T]
     peak, predicted = _max_and_argmax(jax.lax.stop_gradient(logits))        # [B, T], [B, T]
     lse = peak + jnp.log(jnp.sum(jnp.exp(logits - peak[..., None]), axis=-1))  # [B, T]
     target_logits = _target_logits(logits, targets)                         # [B, T]

@@ -66,8 +66,8 @@ def init_state(
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
 
 
-def _non_pad_tokens(batch: dict[str, Any]) -> jax.Array:
-    return jnp.sum(batch["inputs"] != losses.PAD_ID) + jnp.sum(batch["targets"] != losses.PAD_ID)
+def _non_pad_tokens(batch: dict[str, Any], pad_id: int) -> jax.Array:
+    return jnp.sum(batch["inputs"] != pad_id) + jnp.sum(batch["targets"] != pad_id)
 
 
 def _reported(variables: Any) -> dict[str, jax.Array]:
@@ -91,11 +91,12 @@ def train_step(
 
     Args:
       state: the train state; donated by the jitted caller (except on CPU).
-      batch: `inputs` [B, S], `targets` [B, T] int32 (0-padded), optionally the
-        packing arrays (`inputs_segmentation`, `inputs_positions`, ...): the
-        model's keyword arguments. Under pmap, the per-device shard.
+      batch: `inputs` [B, S], `targets` [B, T] int32 (padded with the model
+        config's `pad_id`), optionally the packing arrays (`inputs_segmentation`,
+        `inputs_positions`, ...): the model's keyword arguments. Under pmap, the
+        per-device shard.
       rng: the run's base key; the step's key is `fold_in(rng, state.step)`.
-      model: the Flax module (static).
+      model: the Flax module (static); `model.config.pad_id` marks padding.
       label_smoothing: eps for the training loss (static).
       learning_rate_fn: the schedule, for logging only (static).
       grad_accum_steps: micro-steps per update, to log the right learning rate.
@@ -114,7 +115,8 @@ def train_step(
     dropout_rng, sampling_rng = jax.random.split(step_rng)
     rngs = {"dropout": dropout_rng, "sampling": sampling_rng}  # "sampling": RNN scheduled sampling
 
-    weight_total = jnp.sum(batch["targets"] != losses.PAD_ID).astype(jnp.float32)
+    pad_id = model.config.pad_id
+    weight_total = jnp.sum(batch["targets"] != pad_id).astype(jnp.float32)
     if axis_name is not None:
         weight_total = jax.lax.psum(weight_total, axis_name)
     weight_total = jnp.maximum(weight_total, 1.0)
@@ -123,14 +125,14 @@ def train_step(
         logits, variables = state.apply_fn(
             {"params": params}, **batch, train=True, step=state.step, rngs=rngs, mutable=["metrics"]
         )                                                                   # [B, T, V]
-        sums = losses.cross_entropy_sums(logits, batch["targets"], label_smoothing)
+        sums = losses.cross_entropy_sums(logits, batch["targets"], label_smoothing, pad_id=pad_id)
         # This shard's share of the global-batch mean: the all-reduced sum of
         # these gradients is the gradient of the mean over every token of the
         # global batch, even when shards hold different token counts.
         return sums["loss_sum"] / weight_total, (sums, _reported(variables))
 
     grads, (sums, reported) = jax.grad(loss_fn, has_aux=True)(state.params)
-    metrics = dict(sums, tokens=_non_pad_tokens(batch).astype(jnp.float32))
+    metrics = dict(sums, tokens=_non_pad_tokens(batch, pad_id).astype(jnp.float32))
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
         metrics = jax.lax.psum(metrics, axis_name)
@@ -156,7 +158,7 @@ def eval_step(
     Args:
       params: model parameters.
       batch: as for `train_step`.
-      model: the Flax module (static).
+      model: the Flax module (static); `model.config.pad_id` marks padding.
       label_smoothing: eps, so that the eval loss is comparable to training.
       axis_name: the pmap axis to sum over; None under jit.
 
@@ -164,8 +166,9 @@ def eval_step(
       The sums of `train.losses.cross_entropy_sums` plus `tokens`.
     """
     logits = model.apply({"params": params}, **batch, train=False)          # [B, T, V]
-    metrics = losses.cross_entropy_sums(logits, batch["targets"], label_smoothing)
-    metrics["tokens"] = _non_pad_tokens(batch).astype(jnp.float32)
+    pad_id = model.config.pad_id
+    metrics = losses.cross_entropy_sums(logits, batch["targets"], label_smoothing, pad_id=pad_id)
+    metrics["tokens"] = _non_pad_tokens(batch, pad_id).astype(jnp.float32)
     if axis_name is not None:
         metrics = jax.lax.psum(metrics, axis_name)
     return metrics

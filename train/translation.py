@@ -68,8 +68,8 @@ def sequence_log_probs(model: Any, params: Any, inputs: jax.Array, targets: jax.
     Args:
       model: the Flax model.
       params: its parameters.
-      inputs: [B, S] source ids, 0-padded.
-      targets: [B, T] target ids, eos-ended, 0-padded.
+      inputs: [B, S] source ids, padded with `model.config.pad_id`.
+      targets: [B, T] target ids, eos-ended, padded likewise.
 
     Returns:
       ([B] summed log-probabilities of the non-pad target tokens, [B] their number).

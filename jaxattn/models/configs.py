@@ -23,6 +23,7 @@ from jaxattn.models.positional import POSITIONS
 from jaxattn.models.rnn_attention import ATTENTIONS
 from jaxattn.models.rnn_encoder import CELLS
 from jaxattn.scores import LUONG_SCORES
+from jaxattn.tokens import BOS_ID, EOS_ID, PAD_ID
 
 # The string-valued fields name entries of these registries (dicts of callables), so
 # the accepted names are their keys and a new entry needs no edit here:
@@ -85,9 +86,9 @@ class RNNConfig:
             has weights for (W_a is [decoder hidden, L]; shorter sources use its
             first S columns, longer ones raise). Unused by the other scores.
         dropout_rate: dropout on embeddings, between layers and before the output.
-        pad_id, bos_id, eos_id: special token ids (the tokenizer's, see
-            `train/data/tokenizer.py`: pad 0, unk 1, <sos> 2, <eos> 3); decoding reads them
-            from here.
+        pad_id, bos_id, eos_id: special token ids (default `jaxattn.tokens`: pad 0,
+            <sos> 2, <eos> 3, the ids of the trainer's vocabularies); decoding and the
+            trainer read them from here.
         dtype: compute dtype (e.g. jnp.bfloat16); recurrent carries and logits stay float32.
         param_dtype: parameter dtype.
         capture_attention: sow per-step alignments [B, T, S] into "intermediates".
@@ -105,9 +106,9 @@ class RNNConfig:
     decoder_hidden_size: int | None = None
     max_source_length: int = 256
     dropout_rate: float = 0.1
-    pad_id: int = 0
-    bos_id: int = 2
-    eos_id: int = 3
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     capture_attention: bool = False
@@ -197,9 +198,9 @@ class TransformerConfig:
         share_embeddings: one table for source and target tokens.
         tie_output: output projection = target embedding transposed (§3.4).
         attention_implementation: forwarded to `jaxattn.dot_product_attention`.
-        pad_id, bos_id, eos_id: special token ids (the tokenizer's, see
-            `train/data/tokenizer.py`: pad 0, unk 1, <sos> 2, <eos> 3); decoding reads them
-            from here.
+        pad_id, bos_id, eos_id: special token ids (default `jaxattn.tokens`: pad 0,
+            <sos> 2, <eos> 3, the ids of the trainer's vocabularies); decoding and the
+            trainer read them from here.
         dtype: compute dtype; logits are returned float32.
         param_dtype: parameter dtype.
         capture_attention: sow encoder self / decoder self / cross weights
@@ -221,9 +222,9 @@ class TransformerConfig:
     share_embeddings: bool = True
     tie_output: bool = True
     attention_implementation: str | None = None
-    pad_id: int = 0
-    bos_id: int = 2
-    eos_id: int = 3
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     capture_attention: bool = False

@@ -1,6 +1,7 @@
 """Translation data for jaxattn, TensorFlow-free: TFDS array_record sources batched by grain.
 
-Token ids (fixed for every vocabulary): pad = 0, unk = 1, bos (<sos>) = 2, eos = 3.
+Token ids (fixed for every vocabulary, `jaxattn.tokens`, re-exported here): pad = 0, unk = 1,
+bos (<sos>) = 2, eos = 3.
 Sources and targets end with eos and carry no bos (the models shift targets right themselves).
 
 Datasets (``config.data.dataset``):
@@ -48,6 +49,10 @@ bucket shapes independently, so multi-host training wants ``packing=True`` or a 
 length (one shape everywhere). Every host gets the whole eval sets.
 """
 
+from jaxattn.tokens import BOS_ID
+from jaxattn.tokens import EOS_ID
+from jaxattn.tokens import PAD_ID
+from jaxattn.tokens import UNK_ID
 from train.data.batching import BucketBatchIterDataset
 from train.data.batching import default_bucket_lengths
 from train.data.batching import EvalBatch
@@ -66,10 +71,6 @@ from train.data.pipeline import Datasets
 from train.data.pipeline import EvalSet
 from train.data.pipeline import load_dataset
 from train.data.pipeline import make_datasets
-from train.data.tokenizer import BOS_ID
-from train.data.tokenizer import EOS_ID
-from train.data.tokenizer import PAD_ID
-from train.data.tokenizer import UNK_ID
 from train.data.tokenizer import load_tokenizers
 from train.data.tokenizer import Tokenizer
 from train.data.tokenizer import Tokenizers

@@ -1,7 +1,8 @@
 """SentencePiece tokenizers with fixed special ids, trained once per workdir and then reused.
 
 SentencePiece (Kudo & Richardson 2018) with a unigram language model (Kudo 2018) or BPE
-(Sennrich et al. 2016). Special ids are fixed for every model in jaxattn:
+(Sennrich et al. 2016). The special ids are those of `jaxattn.tokens` (re-exported here), the same
+for every vocabulary and every model:
 
     pad = 0, unk = 1, bos (<sos>) = 2, eos = 3
 
@@ -29,12 +30,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from jaxattn.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from train.errors import UserError, one_line
 
 __all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "Tokenizer", "Tokenizers", "pad_rows",
            "train_sentencepiece", "load_or_train_tokenizers", "load_tokenizers", "MODEL_TYPES"]
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe")
 _SPACES = re.compile(" {2,}")
 _log = logging.getLogger(__name__)
