@@ -47,6 +47,7 @@ from jaxattn.attention import (
     luong_attention,
     weighted_context,
 )
+from jaxattn.backend import platform_of
 from jaxattn.cache import cached_attention, init_kv_cache, update_kv_cache
 from jaxattn.chunked import chunked_dot_product_attention
 from jaxattn.masks import (
@@ -120,6 +121,8 @@ __all__ = [
     "UNK_ID",
     "BOS_ID",
     "EOS_ID",
+    # the backend an array is computed on (where the CPU-tuned rewrites apply)
+    "platform_of",
 ]
 
 # The model zoo (Flax modules built on the primitives above) and decoding.

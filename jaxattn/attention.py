@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from jaxattn import _checks
+from jaxattn.backend import platform_of as _platform  # the name tests patch to take the other path
 from jaxattn.chunked import chunked_dot_product_attention
 from jaxattn.scores import additive_score, dot_score, scaled_dot_product_score
 from jaxattn.softmax import masked_softmax
@@ -233,8 +234,8 @@ def _einsum_attention(query, key, value, mask, bias, scale: float):
 # On CPU, jax.nn.dot_product_attention's forward is the fastest we measured
 # but its autodiff backward is ~10% slower than that of plain einsums
 # (benchmarks/attention.py): take the forward from one, the VJP from the other.
-# Measured on CPU only, so `_fused` uses it on CPU only; elsewhere jax.nn is
-# differentiated as it is.
+# Measured on CPU only, so `_fused` uses it on CPU only (`jaxattn.backend`);
+# elsewhere jax.nn is differentiated as it is.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _xla_float32(scale, query, key, value, mask, bias):
     return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
@@ -254,15 +255,6 @@ def _xla_float32_bwd(scale, vjp, d_out):
 
 
 _xla_float32.defvjp(_xla_float32_fwd, _xla_float32_bwd)
-
-
-def _platform(x) -> str:
-    """Where `x` lives ("cpu", "gpu", "tpu"); under a trace, the default backend
-    (what `jax.jit` compiles for unless told otherwise)."""
-    try:
-        return next(iter(x.devices())).platform
-    except (AttributeError, jax.errors.ConcretizationTypeError):
-        return jax.default_backend()
 
 
 def _fused(query, key, value, mask, bias, scale, implementation):

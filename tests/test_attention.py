@@ -291,3 +291,14 @@ _q, _k, _v = _qkv()
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_platform_of_is_the_arrays_backend_and_the_default_under_a_trace():
+    from jaxattn import attention
+    x = jnp.ones((2, 3))
+    assert jaxattn.platform_of(x) == "cpu"
+    seen = []
+    jax.jit(lambda y: seen.append(jaxattn.platform_of(y)) or y)(x)
+    assert seen == [jax.default_backend()]
+    assert jaxattn.platform_of(np.ones(3)) == jax.default_backend()  # a NumPy array has no device
+    assert attention._platform is jaxattn.platform_of  # one helper for every CPU-only rewrite

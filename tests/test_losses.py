@@ -1,4 +1,5 @@
-"""The loss's fast paths give the values and gradients of the textbook formulas."""
+"""The loss gives the values and gradients of the textbook formulas, on CPU with its XLA:CPU
+rewrites and elsewhere with the plain formulas."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,8 @@ import pytest
 
 from jaxattn import PAD_ID
 from train import losses
+
+PLATFORMS = ["cpu", "gpu"]  # "gpu": any backend but CPU, where the plain formulas run
 
 
 def _reference_sums(logits, targets, eps):
@@ -24,24 +27,54 @@ def _reference_sums(logits, targets, eps):
             "correct_sum": jnp.sum(correct * weights), "weight_sum": jnp.sum(weights)}
 
 
+def _sums(logits, targets, eps):
+    return losses.cross_entropy_sums(logits, targets, eps, pad_id=PAD_ID)
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request, monkeypatch):
+    """The backend the loss believes it runs on (the computation itself stays on the CPU)."""
+    monkeypatch.setattr(losses, "platform_of", lambda x: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("vocab", [72, 13])  # 72: two-level argmax (8 blocks of 9); 13: prime, one level
-def test_sums_and_gradients_match_reference(eps, vocab):
+def test_sums_and_gradients_match_reference(eps, vocab, platform):
     rng = np.random.default_rng(vocab)
     logits = jnp.asarray(3 * rng.normal(size=(3, 5, vocab)), jnp.float32)          # [B, T, V]
     targets = jnp.asarray(rng.integers(1, vocab, size=(3, 5)), jnp.int32)          # [B, T]
     targets = targets.at[0, 3:].set(PAD_ID).at[1, 0].set(int(jnp.argmax(logits[1, 0])))
-    got = losses.cross_entropy_sums(logits, targets, eps, pad_id=PAD_ID)
+    got = _sums(logits, targets, eps)
     want = _reference_sums(logits, targets, eps)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
     assert float(got["correct_sum"]) >= 1.0  # the planted argmax counts
-    grad = jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps, pad_id=PAD_ID)["loss_sum"])(logits)
+    grad = jax.grad(lambda x: _sums(x, targets, eps)["loss_sum"])(logits)
     want_grad = jax.grad(lambda x: _reference_sums(x, targets, eps)["loss_sum"])(logits)
     np.testing.assert_allclose(grad, want_grad, atol=1e-6)
-    grad = jax.jit(jax.grad(lambda x: losses.cross_entropy_sums(x, targets, eps, pad_id=PAD_ID)["nll_sum"]))(logits)
+    grad = jax.jit(jax.grad(lambda x: _sums(x, targets, eps)["nll_sum"]))(logits)
     want_grad = jax.grad(lambda x: _reference_sums(x, targets, eps)["nll_sum"])(logits)
     np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+
+
+def test_rewrites_apply_on_cpu_only(platform):
+    logits = jnp.zeros((2, 3, 72), jnp.float32)                                     # [B, T, V]
+    targets = jnp.ones((2, 3), jnp.int32)                                           # [B, T]
+    jaxpr = str(jax.make_jaxpr(lambda x: _sums(x, targets, 0.1)["loss_sum"])(logits))
+    # The select backward is a custom VJP; the two-level argmax reduces [B, T, 8, 9] tiles.
+    assert ("custom_vjp" in jaxpr) == (platform == "cpu")
+    assert ("2,3,8,9" in jaxpr.replace(" ", "")) == (platform == "cpu")
+
+
+def test_pad_id_is_the_callers():
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]]))        # [1, 2, 3]
+    targets = jnp.array([[2, 1]])                                                   # [1, 2]
+    sums = losses.cross_entropy_sums(logits, targets, pad_id=2)  # the first is padding
+    np.testing.assert_allclose(sums["nll_sum"], np.log(3.0), rtol=1e-6)
+    assert float(sums["weight_sum"]) == 1.0
+    with pytest.raises(TypeError, match="pad_id"):
+        losses.cross_entropy_sums(logits, targets)  # no default: the model config gives it
 
 
 @pytest.mark.parametrize("vocab", [64, 72, 13])
@@ -55,7 +88,7 @@ def test_max_and_argmax_equal_jnp_with_ties_inf_and_nan(vocab):
     x[0, 3, vocab - 2] = 0.0
     x[0, 4, [3, vocab - 3]] = np.inf
     x[0, 5, [vocab - 4, 6]] = np.nan                  # NaN is the maximum, the first one wins
-    got_max, got_arg = losses._max_and_argmax(jnp.asarray(x))
+    got_max, got_arg = losses._max_and_argmax_cpu(jnp.asarray(x))
     np.testing.assert_array_equal(got_max, jnp.max(jnp.asarray(x), -1))
     np.testing.assert_array_equal(got_arg, jnp.argmax(jnp.asarray(x), -1))
     assert int(got_arg[0, 0]) == 0 and int(got_arg[0, 2]) == 7 and int(got_arg[0, 5]) == 6

@@ -214,14 +214,36 @@ def test_shift_right_restarts_every_segment():
 
 
 def test_tied_logits_vjp_matches_autodiff():
-    from jaxattn.models.transformer import _tied_logits
+    from jaxattn.models.transformer import _tied_logits_cpu
     rng = np.random.default_rng(0)
     y = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)                       # [B, T, D]
     table = jnp.asarray(rng.normal(size=(V, 7)), jnp.float32)                      # [V, D]
     g = jnp.asarray(rng.normal(size=(3, 5, V)), jnp.float32)                       # [B, T, V]
-    out, vjp = jax.vjp(_tied_logits, y, table)
+    out, vjp = jax.vjp(_tied_logits_cpu, y, table)
     want, want_vjp = jax.vjp(lambda a, b: jnp.einsum("BTD,VD->BTV", a, b), y, table)
     np.testing.assert_allclose(out, want, atol=1e-5)
     for got, expected in zip(vjp(g), want_vjp(g)):
         chex.assert_equal_shape([got, expected])
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_tied_logits_vjp_is_used_on_cpu_only(monkeypatch):
+    from jaxattn.models import transformer
+    config = _config("post-sinusoidal-tied", num_encoder_layers=1, num_decoder_layers=1)
+    model = build_model(config)
+    inputs, targets = toy_batch()
+    params = numpy_init(model, inputs, targets)["params"]
+
+    def loss(p):
+        return jnp.sum(jnp.sin(model.apply({"params": p}, inputs, targets)))
+
+    def run():  # a fresh function each time: jax caches traces by function
+        return (str(jax.make_jaxpr(lambda p: loss(p))(params)).count("custom_vjp"),
+                jax.jit(jax.grad(lambda p: loss(p)))(params))
+
+    assert transformer.platform_of(inputs) == "cpu"
+    on_cpu_vjps, on_cpu = run()
+    monkeypatch.setattr(transformer, "platform_of", lambda x: "gpu")
+    elsewhere_vjps, elsewhere = run()
+    assert on_cpu_vjps == elsewhere_vjps + 1  # the tied projection's; attention keeps its own
+    chex.assert_trees_all_close(elsewhere, on_cpu, atol=1e-5)

@@ -8,8 +8,12 @@ and report the unsmoothed negative log-likelihood beside it.
 
 Everything is written in terms of `logsumexp(logits)` and the target's logit,
 so that no [B, T, V] array other than the logits' own softmax is built, forward
-or backward (see `_target_logits`): at real vocabulary sizes the [B, T, V]
-passes, not the model, are what a train step pays for.
+or backward: at real vocabulary sizes the [B, T, V] passes, not the model, are
+what a train step pays for. Two rewrites with the plain formulas' values,
+measured faster on XLA:CPU (benchmarks/train_step.py), apply on CPU only: the
+target logit with a select backward (`_target_logits_cpu`) and a two-level
+max/argmax (`_max_and_argmax_cpu`). Other backends, where they were never
+measured, get the plain formulas (see `jaxattn.backend`).
 """
 
 import math
@@ -17,19 +21,26 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxattn.backend import platform_of
+
 __all__ = ["cross_entropy_sums"]
 
 
-@jax.custom_vjp
 def _target_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """logits[b, t, targets[b, t]]: [B, T].
-
-    A gather forward, and a select backward: the autodiff transpose of the
-    gather is a scatter-add into a zero [B, T, V] array, which XLA:CPU
-    materialises and then reads again in every fusion that forms the logits'
-    gradient; the select fuses into that one elementwise loop instead.
-    """
+    """logits[b, t, targets[b, t]]: [B, T]."""
     return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]          # [B, T]
+
+
+@jax.custom_vjp
+def _target_logits_cpu(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """`_target_logits` with a select backward, for XLA:CPU.
+
+    The autodiff transpose of the gather is a scatter-add into a zero [B, T, V]
+    array, which XLA:CPU materialises and then reads again in every fusion that
+    forms the logits' gradient; the select fuses into that one elementwise loop
+    instead.
+    """
+    return _target_logits(logits, targets)                                           # [B, T]
 
 
 def _target_logits_fwd(logits, targets):
@@ -42,16 +53,21 @@ def _target_logits_bwd(residuals, g):
     return jnp.where(is_target, g[..., None], jnp.zeros((), g.dtype)), None          # [B, T, V]
 
 
-_target_logits.defvjp(_target_logits_fwd, _target_logits_bwd)
+_target_logits_cpu.defvjp(_target_logits_fwd, _target_logits_bwd)
 
 
 def _max_and_argmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """max and argmax over the last axis of [B, T, V] logits: [B, T] each.
+    """max and argmax over the last axis of [B, T, V] logits: [B, T] each."""
+    return jnp.max(logits, axis=-1), jnp.argmax(logits, axis=-1)
+
+
+def _max_and_argmax_cpu(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`_max_and_argmax` in two levels, for XLA:CPU.
 
     Same values as `jnp.max` and `jnp.argmax` (the first maximum wins ties;
-    NaN counts as the maximum), in two levels: the max of each of n contiguous
-    blocks (n ~ sqrt(V)), the first block holding the overall max, then the
-    first max inside that block. XLA:CPU vectorises the max but not the
+    NaN counts as the maximum): the max of each of n contiguous blocks
+    (n ~ sqrt(V)), the first block holding the overall max, then the first max
+    inside that block. XLA:CPU vectorises the max but not the
     (value, index) reduction of `jnp.argmax`, which costs ~20 plain max passes
     over the logits; here that reduction sees only 2 sqrt(V) values per row.
     """
@@ -60,7 +76,7 @@ def _max_and_argmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     while vocab % blocks:
         blocks -= 1
     if blocks < 8:  # few divisors: one level
-        return jnp.max(logits, axis=-1), jnp.argmax(logits, axis=-1)
+        return _max_and_argmax(logits)
     width = vocab // blocks
     tiles = logits.reshape(b, t, blocks, width)                                      # [B, T, n, V/n]
     tile_max = jnp.max(tiles, axis=-1)                                               # [B, T, n]
@@ -96,10 +112,13 @@ def cross_entropy_sums(
         raise ValueError(f"label_smoothing: got {label_smoothing}, expected a value in [0, 1)")
     vocab = logits.shape[-1]
     logits = logits.astype(jnp.float32)
+    on_cpu = platform_of(logits) == "cpu"
+    max_and_argmax = _max_and_argmax_cpu if on_cpu else _max_and_argmax
+    target_logits_of = _target_logits_cpu if on_cpu else _target_logits
     weights = (targets != pad_id).astype(jnp.float32)                       # [B, T]
-    peak, predicted = _max_and_argmax(jax.lax.stop_gradient(logits))        # [B, T], [B, T]
+    peak, predicted = max_and_argmax(jax.lax.stop_gradient(logits))         # [B, T], [B, T]
     lse = peak + jnp.log(jnp.sum(jnp.exp(logits - peak[..., None]), axis=-1))  # [B, T]
-    target_logits = _target_logits(logits, targets)                         # [B, T]
+    target_logits = target_logits_of(logits, targets)                       # [B, T]
     nll = lse - target_logits                                               # [B, T]
     if label_smoothing > 0.0:
         confidence = 1.0 - label_smoothing

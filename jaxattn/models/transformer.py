@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn import _checks, masks
+from jaxattn.backend import platform_of
 from jaxattn.cache import init_kv_cache
 from jaxattn.models.configs import TransformerConfig
 from jaxattn.models.positional import POSITIONS
@@ -33,10 +34,16 @@ def _default_positions(tokens):
     return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))  # [B, T]
 
 
-@jax.custom_vjp
 def _tied_logits(y, table):
     """y [B, T, D] times the embedding table [V, D], transposed: [B, T, V] logits."""
     return jnp.einsum("BTD,VD->BTV", y, table)  # [B, T, V]
+
+
+@jax.custom_vjp
+def _tied_logits_cpu(y, table):
+    """`_tied_logits` with the table's gradient written for XLA:CPU (used on CPU only,
+    where it was measured; see `jaxattn.backend`)."""
+    return _tied_logits(y, table)  # [B, T, V]
 
 
 def _tied_logits_fwd(y, table):
@@ -54,7 +61,7 @@ def _tied_logits_bwd(residuals, g):
     return dy, dtable
 
 
-_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+_tied_logits_cpu.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 class Transformer(nn.Module):
@@ -95,7 +102,9 @@ class Transformer(nn.Module):
         cfg = self.config
         if cfg.tie_output:
             table = jnp.asarray(self.target_embed.embedding, cfg.dtype)  # [V, D]
-            logits = _tied_logits(y.astype(cfg.dtype), table)  # [B, T, V]
+            y = y.astype(cfg.dtype)
+            tied_logits = _tied_logits_cpu if platform_of(y) == "cpu" else _tied_logits
+            logits = tied_logits(y, table)  # [B, T, V]
         else:
             logits = self.output(y)  # [B, T, V]
         return logits.astype(jnp.float32)
