@@ -176,14 +176,14 @@ def _jaxattn_step(sizes, batch, implementation=None, abstract=False):
 
     With `abstract`, the state is only its shapes (enough to lower the step).
     """
-    from train import run_config, sharding, steps  # noqa: PLC0415
+    from train import build, sharding, steps  # noqa: PLC0415
     from train.configs import transformer_base_wmt14  # noqa: PLC0415
 
     config = transformer_base_wmt14.get_config()
     config.compute_dtype = "bfloat16"
     config.model.update(sizes.train_model)
     config.model.attention_implementation = implementation
-    built = run_config.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
+    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
     built = built.with_vocab_size(sizes.train_vocab)
     parallel = built.parallel
     init_fn = functools.partial(steps.init_state, model=built.model, tx=built.optimizer,

@@ -70,7 +70,7 @@ import optax
 from flax import jax_utils
 
 from jaxattn.models import count_params
-from train import run_config, sharding, steps
+from train import build, sharding, steps
 from train.configs import rnn_bahdanau, transformer, transformer_base_wmt14
 
 MODELS = {  # --models name: (table label, config module, rows, length)
@@ -112,7 +112,7 @@ class Runner:
 def ours(module, vocab: int, rows: int, length: int) -> Runner:
     config = module.get_config()
     config.compute_dtype = "float32"
-    built = run_config.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
+    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
     built = built.with_vocab_size(vocab)
     parallel = built.parallel
     init_fn = functools.partial(steps.init_state, model=built.model, tx=built.optimizer,

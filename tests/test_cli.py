@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from train import cli, quiet, train_lib
+from train import cli, metrics, quiet
 from train.errors import UserError
 
 
@@ -23,7 +23,7 @@ def test_bad_flag_is_one_line_and_exit_status_1(capsys):
 
 
 @pytest.mark.parametrize("error", [UserError("config.model.num_heads:\n  got 3,\n  expected a divisor of 64"),
-                                   train_lib.NonFiniteLossError("loss is nan at step 7")])
+                                   metrics.NonFiniteLossError("loss is nan at step 7")])
 def test_user_errors_become_one_line(error, capsys):
     def body() -> int:
         raise error

@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from model_params import shrink_model
-from train import run_config
+from train import build
 from train.experiments import length, length_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_rerun_reuses_finished_models_and_keeps_the_reading(experiment):
 def test_experiment_configs_are_comparable():
     configs = {m: length.experiment_config(m, steps=100) for m in length.MODELS}
     for config in configs.values():
-        run_config.validate_config(config)
+        build.validate_config(config)
         assert config.num_train_steps == 100
         assert config.data.to_dict() == configs["plain"].data.to_dict()  # same vocabulary and batches
     params = {m: length.count_parameters(c, 256) for m, c in configs.items()}
@@ -109,7 +109,7 @@ def test_dataset_settings_are_consistent():
         lengths = settings.bucket_lengths
         assert list(lengths) == sorted(set(lengths)) and lengths[-1] == settings.max_length, name
         config = length.experiment_config("bahdanau", steps=3, dataset=name)
-        run_config.validate_config(config)
+        build.validate_config(config)
         assert config.data.max_source_length == config.data.max_target_length == settings.max_length
         assert tuple(config.data.bucket_lengths) == lengths
         assert config.decode.max_length == settings.decode_max_length

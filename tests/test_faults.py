@@ -22,9 +22,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from train import checkpoint, checkpoint_files, cli, quiet, run_config, train_lib, workdir_lock
+from train import build, checkpoint, checkpoint_files, cli, loop, modes, quiet, workdir_lock
 from train.data import corpus, load_tokenizers, make_datasets
 from train.errors import UserError
+from train.run import open_checkpoints, select_step
 
 from test_train_bad_input import tiny
 
@@ -45,7 +46,7 @@ def trained(tmp_path_factory):
     """(workdir, data_dir) of a 4-step run with checkpoints 2, 3 and 4."""
     root = tmp_path_factory.mktemp("faults")
     data_dir, workdir = str(root / "tfds"), str(root / "run")
-    train_lib.train_and_evaluate(_config(data_dir), workdir)
+    loop.train_and_evaluate(_config(data_dir), workdir)
     assert checkpoint_files.step_dirs(os.path.join(workdir, "checkpoints")) == [2, 3, 4]
     return workdir, data_dir
 
@@ -136,7 +137,7 @@ def test_resume_falls_back_and_never_overwrites_the_damaged_step(run, caplog):
     _damage(os.path.join(ckpt_dir, "4"), "arrays")
     before = _digest(os.path.join(ckpt_dir, "4"))
     caplog.set_level(logging.INFO, logger="train")
-    summary = train_lib.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
+    summary = loop.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
     assert summary["step"] == 5
     assert "Restored checkpoint 3" in caplog.text and "moved it to" in caplog.text
     assert _digest(os.path.join(ckpt_dir, "damaged-4")) == before
@@ -150,9 +151,9 @@ def test_no_intact_checkpoint_is_one_error_and_nothing_moves(run):
         _damage(os.path.join(ckpt_dir, str(step)), "no_state")
     before = _digest(ckpt_dir)
     with pytest.raises(UserError, match=r"no intact checkpoint in .*checkpoint 4 is damaged: 4/state: missing"):
-        train_lib.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)  # never starts afresh
+        loop.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)  # never starts afresh
     with pytest.raises(UserError, match="no intact checkpoint"):
-        train_lib.translate(_config(data_dir), workdir, ["one"])
+        modes.translate(_config(data_dir), workdir, ["one"])
     assert _digest(ckpt_dir) == before
 
 
@@ -170,23 +171,23 @@ def test_damaged_config_json_and_vocabulary_are_one_line_naming_the_file(run):
     workdir, _, data_dir = run
     _garbage(os.path.join(workdir, "config.json"))
     with pytest.raises(UserError, match=r"config\.json: unreadable run config"):
-        train_lib.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
+        loop.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
     os.remove(os.path.join(workdir, "config.json"))  # what the message suggests for training
     _garbage(os.path.join(workdir, "vocab", "shared.model"))
     with pytest.raises(UserError, match=r"vocabulary .*vocab/shared\.model: not a SentencePiece model"):
         load_tokenizers(os.path.join(workdir, "vocab"), shared=True)
     with pytest.raises(UserError, match=r"vocab/shared\.model: not a SentencePiece model"):
-        train_lib.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
+        loop.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
 
 
 def test_best_without_a_best_checkpoint_lists_the_steps(run):
     _, ckpt_dir, _ = run
     shutil.rmtree(os.path.join(ckpt_dir, "4"))  # the only one with a validation BLEU
-    ckpt = train_lib._open_checkpoints(os.path.dirname(ckpt_dir))
+    ckpt = open_checkpoints(os.path.dirname(ckpt_dir))
     try:
-        assert train_lib._select_step(ckpt, "latest") == 3
+        assert select_step(ckpt, "latest") == 3
         with pytest.raises(UserError, match=r"no best checkpoint .*steps \[2, 3\].*--checkpoint=latest reads step 3"):
-            train_lib._select_step(ckpt, "best")
+            select_step(ckpt, "best")
     finally:
         ckpt.close()
 
@@ -216,7 +217,7 @@ def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(run, monkeypatch, c
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_save)
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", full_wait)
     with pytest.raises(checkpoint.DiskFullError) as error:
-        train_lib.train_and_evaluate(_config(data_dir, num_train_steps=7), workdir)
+        loop.train_and_evaluate(_config(data_dir, num_train_steps=7), workdir)
     message = str(error.value)
     assert "no space left on the device of" in message and ckpt_dir in message
     assert "while saving checkpoint 5" in message and "checkpoint 4 is the last complete one" in message
@@ -256,7 +257,7 @@ def test_second_trainer_is_refused_naming_the_first(run):
     before = _digest(ckpt_dir)
     with workdir_lock.WorkdirLock(workdir):
         with pytest.raises(UserError, match=rf"in use by another trainer \(pid {os.getpid()} on host .+, started "):
-            train_lib.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
+            loop.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
     assert _digest(ckpt_dir) == before
 
     # The kernel releases the lock of a killed process: no stale lock.
@@ -379,7 +380,7 @@ def test_none_default_model_fields_take_valid_values(path):
     parsed = flags.FlagValues()
     config_flags.DEFINE_config_file("config", path, flag_values=parsed, sys_argv=argv)
     parsed(argv)
-    model = run_config.model_config(parsed.config, vocab_size=64)
+    model = build.model_config(parsed.config, vocab_size=64)
     assert model.num_kv_heads == 1 and model.attention_implementation == "xla"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import checkpoint, run_config, train_lib
+from train import build, checkpoint, loop, metrics, modes, saved_config
 from train.configs import rnn_bahdanau, transformer
 from train.data import train_sentencepiece
 from train.errors import UserError
@@ -50,7 +50,7 @@ def test_heads_not_dividing_width_fails_before_writing(tmp_path):
     config = tiny()
     config.model.update(emb_dim=16, num_heads=3)
     with pytest.raises(UserError, match="config.model: .*num_heads=3 must divide emb_dim=16"):
-        train_lib.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
     assert not os.path.exists(workdir)
 
 
@@ -64,7 +64,7 @@ def test_invalid_trainer_fields(tmp_path, field, value, message):
     config = tiny()
     config[field] = value
     with pytest.raises(UserError, match=message):
-        train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -72,40 +72,40 @@ def test_unknown_model_field_and_incompatible_options():
     config = tiny()
     config.model.unlocked_typo = 3
     with pytest.raises(ValueError, match="config.model: .*unlocked_typo"):
-        run_config.validate_config(config)
+        build.validate_config(config)
     config = tiny()
     config.scheduled_sampling.kind = "linear"
     with pytest.raises(ValueError, match="scheduled_sampling.kind.*RNN"):
-        run_config.validate_config(config)
+        build.validate_config(config)
     config = tiny(rnn_bahdanau)
     config.data.packing = True
     with pytest.raises(ValueError, match="packing"):
-        run_config.validate_config(config)
+        build.validate_config(config)
     config = tiny()
     config.data.batch_size_multiple = 3
     with pytest.raises(ValueError, match="batch_size_multiple: got 3, expected a multiple of the 8 local devices"):
-        run_config.validate_config(config)
+        build.validate_config(config)
 
 
 def test_unknown_dataset_and_missing_file(tmp_path):
     config = tiny()
     config.data.update(dataset="no_such_corpus", data_dir=str(tmp_path / "tfds"))
     with pytest.raises(ValueError, match="dataset: 'no_such_corpus' is not a TFDS dataset"):
-        train_lib.train_and_evaluate(config, str(tmp_path / "a"))
+        loop.train_and_evaluate(config, str(tmp_path / "a"))
     config.data.update(dataset="tsv", train_file=str(tmp_path / "missing.tsv"))
     with pytest.raises(ValueError, match="missing.tsv does not exist"):
-        train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+        loop.train_and_evaluate(config, str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
 def test_workdir_with_another_model_is_refused_untouched(tmp_path):
     workdir = str(tmp_path / "run")
-    run_config.save_config(tiny(), workdir)
+    saved_config.save_config(tiny(), workdir)
     before = _tree_digest(workdir)
     with pytest.raises(ValueError, match="holds a different model .*model.family: workdir has 'transformer'"):
-        train_lib.train_and_evaluate(tiny(rnn_bahdanau), workdir)
+        loop.train_and_evaluate(tiny(rnn_bahdanau), workdir)
     with pytest.raises(ValueError, match="holds a different model .*emb_dim"):
-        train_lib.translate(_wider(), workdir, ["one"])
+        modes.translate(_wider(), workdir, ["one"])
     assert _tree_digest(workdir) == before
 
 
@@ -118,7 +118,7 @@ def _wider():
 def test_checkpoint_with_another_vocabulary_is_refused(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny()
-    run_config.save_config(config, workdir)
+    saved_config.save_config(config, workdir)
     os.makedirs(os.path.join(workdir, "vocab"))
     texts = [f"{w} {v}" for w in ("one", "two", "three", "four") for v in ("eins", "zwei", "drei")] * 5
     train_sentencepiece(texts, vocab_size=24).save(os.path.join(workdir, "vocab", "shared.model"))
@@ -128,21 +128,21 @@ def test_checkpoint_with_another_vocabulary_is_refused(tmp_path):
     ckpt.close()
     before = _tree_digest(workdir)
     with pytest.raises(ValueError, match="tokenizer: checkpoint was trained with vocabulary"):
-        train_lib.translate(config, workdir, ["one"])
+        modes.translate(config, workdir, ["one"])
     assert _tree_digest(workdir) == before
 
 
 def test_translate_without_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="no checkpoints"):
-        train_lib.translate(tiny(), str(tmp_path / "empty"), ["one"])
+        modes.translate(tiny(), str(tmp_path / "empty"), ["one"])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny(schedule="constant", learning_rate=1e30, grad_clip_norm=0.0)
     config.data.data_dir = str(tmp_path / "tfds")
-    with pytest.raises(train_lib.NonFiniteLossError, match=r"NaN or Inf at step \d+; .*last good checkpoint") as e:
-        train_lib.train_and_evaluate(config, workdir)
+    with pytest.raises(metrics.NonFiniteLossError, match=r"NaN or Inf at step \d+; .*last good checkpoint") as e:
+        loop.train_and_evaluate(config, workdir)
     bad_step, good_step = map(int, re.search(r"step (\d+);.*checkpoint is step (\d+)", str(e.value)).groups())
     assert good_step == bad_step - 1  # checkpoints every step; the non-finite one was not saved
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), keep=1, read_only=True)
@@ -162,6 +162,8 @@ def _cli(*args, timeout=300):
     (["--config.no_such_field=1"], "unknown config field"),
     (["--config.model.num_heads=3"], "num_heads=3 must divide emb_dim=128"),
     (["--config.num_train_steps=many"], "num_train_steps"),
+    (["--config.model.family=lstm"], "config.model.family: got 'lstm', expected one of"),
+    (["--config.data.dataset=number_words/gigantic"], "number_words has no config 'gigantic'"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
     result = _cli(*args, f"--workdir={tmp_path / 'run'}")

@@ -13,7 +13,8 @@ import pytest
 import tqdm
 
 from test_train_e2e import _params, tiny
-from train import data, train_lib
+from train import data, loop, modes
+from train.budget import Budget
 from train.configs import transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,7 @@ def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplo
 
     monkeypatch.setattr(tqdm, "tqdm", RecordingBar)
     with caplog.at_level(logging.INFO, logger="train"):
-        summary = train_lib.train_and_evaluate(config, str(tmp_path))
+        summary = loop.train_and_evaluate(config, str(tmp_path))
     step = summary["step"]
     assert 1 <= step < 10_000 and not summary["interrupted"]
     # The bar's total follows the time budget from the first finished step, not the 10,000-step one
@@ -54,17 +55,17 @@ def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplo
 
 def test_budget_estimates_the_step_where_the_binding_budget_ends(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(train_lib.time, "time", lambda: clock[0])
+    monkeypatch.setattr("train.budget.time.time", lambda: clock[0])
     config = transformer.get_config()
     config.num_train_steps, config.max_train_minutes, config.data.num_epochs = 1_000_000, 1.0, 0
-    budget = train_lib._Budget(config, start_step=100, num_train_examples=5_000)
+    budget = Budget(config, start_step=100, num_train_examples=5_000)
     assert budget.estimate_total(100) == 1_000_000  # nothing measured yet: the step budget
     clock[0] += 6.0  # 10 steps in 6 s of a 60 s budget: 90 more
     assert budget.estimate_total(110) == 200
     config.num_train_steps = 150
-    assert train_lib._Budget(config, 100, 5_000).estimate_total(100) == 150
+    assert Budget(config, 100, 5_000).estimate_total(100) == 150
     config.num_train_steps, config.max_train_minutes, config.data.num_epochs = 1_000_000, 0.0, 2
-    budget = train_lib._Budget(config, start_step=0, num_train_examples=5_000)
+    budget = Budget(config, start_step=0, num_train_examples=5_000)
     budget.add_rows(500)  # 10 steps read 500 of 10,000 pairs: 200 steps in all
     assert budget.estimate_total(10) == 200
     clock[0] += 3600.0  # no time budget: the clock does not matter
@@ -76,7 +77,7 @@ def test_epoch_budget_is_one_pass_over_the_data(tmp_path, data_dir):
     config.data.num_epochs = 1
     batches = sum(1 for _ in data.make_datasets(config.data, str(tmp_path / "count"), process_index=0,
                                                 process_count=1).train)
-    summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["step"] == batches and not summary["interrupted"]
 
 
@@ -85,20 +86,20 @@ def test_average_of_the_last_checkpoints(tmp_path, data_dir, caplog):
                   keep_checkpoints=3, average_last_checkpoints=3)
     workdir = str(tmp_path)
     with caplog.at_level(logging.INFO, logger="train"):
-        train_lib.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
     assert any("Averaged the parameters of checkpoints [2, 4, 6]" in r.getMessage() for r in caplog.records)
     expected = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *(_params(workdir, s) for s in (2, 4, 6)))
-    averaged = train_lib.load_trained(config, workdir, "average")
+    averaged = modes.load_trained(config, workdir, "average")
     assert averaged.step == 6
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), averaged.params, expected)
-    latest = train_lib.load_trained(config, workdir, "latest").params
+    latest = modes.load_trained(config, workdir, "latest").params
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(latest), jax.tree.leaves(expected)))
     config.average_last_checkpoints = 0
     with pytest.raises(ValueError, match="--checkpoint=average: config.average_last_checkpoints is 0"):
-        train_lib.load_trained(config, workdir, "average")
+        modes.load_trained(config, workdir, "average")
     config.average_last_checkpoints = 4
     with pytest.raises(ValueError, match="config.average_last_checkpoints: got 4, expected at most"):
-        train_lib.train_and_evaluate(config, str(tmp_path / "other"))
+        loop.train_and_evaluate(config, str(tmp_path / "other"))
 
 
 def _cli(workdir, data_dir, *flags, stderr=subprocess.PIPE):

@@ -1,6 +1,6 @@
 """End to end on tiny data: every config family through train -> resume -> eval -> translate.
 
-Runs the real trainer (`train.train_lib`) on the embedded number-words data
+Runs the real trainer (`train.loop`) on the embedded number-words data
 (`number_words/tiny`, built in the test's TFDS data dir) over the 8 fake CPU
 devices of tests/conftest.py, with tiny model and step overrides.
 """
@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from model_params import shrink_model
-from train import checkpoint, train_lib
+from train import checkpoint, loop, modes, stopping
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer, transformer_base_wmt14
 
 FAMILIES = {
@@ -30,18 +30,6 @@ FAMILIES = {
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Resumed, eval and translate runs recompile the same steps: cache them on disk."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    previous = {name: getattr(jax.config, name) for name in names}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    for name, value in previous.items():
-        jax.config.update(name, value)
 
 
 def tiny(module, data_dir, **overrides):
@@ -90,7 +78,7 @@ def test_family_train_resume_eval_translate(tmp_path, data_dir, name):
         config.scheduled_sampling.ramp_steps = 4
     if name == "rnn_plain":
         config.parallel = "pmap"  # the pmap path end to end (jit vs pmap parity: test_train_steps)
-    summary = train_lib.train_and_evaluate(config, workdir)
+    summary = loop.train_and_evaluate(config, workdir)
     assert summary["step"] == 6 and not summary["interrupted"]
     for split in ("validation", "test"):
         assert 0.0 <= summary[f"{split}/exact_match"] <= 1.0
@@ -117,16 +105,16 @@ def test_family_train_resume_eval_translate(tmp_path, data_dir, name):
 
     # Same workdir, more steps: resumes from step 6 (no retraining from scratch).
     config.num_train_steps = 8
-    summary = train_lib.train_and_evaluate(config, workdir)
+    summary = loop.train_and_evaluate(config, workdir)
     assert summary["step"] == 8
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6, 8]
 
-    evaluated = train_lib.evaluate(config, workdir, "best")
+    evaluated = modes.evaluate(config, workdir, "best")
     assert 0.0 <= evaluated["test/bleu"] <= 100.0
-    outputs = train_lib.translate(config, workdir, ["five", "one hundred and two"])
+    outputs = modes.translate(config, workdir, ["five", "one hundred and two"])
     assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
-    trained = train_lib.load_trained(config, workdir)
+    trained = modes.load_trained(config, workdir)
     assert trained.step == 8
     np.testing.assert_array_equal(jax.tree.leaves(trained.params)[0], jax.tree.leaves(_params(workdir, 8))[0])
 
@@ -135,10 +123,10 @@ def test_interrupted_run_resumes_bitwise(tmp_path, data_dir, monkeypatch):
     config = tiny(transformer, data_dir, num_train_steps=7, checkpoint_every_steps=100, eval_every_steps=100)
     config.model.dropout_rate = 0.3  # the per-step dropout keys must replay too
     straight = str(tmp_path / "straight")
-    train_lib.train_and_evaluate(config, straight)
+    loop.train_and_evaluate(config, straight)
 
     # SIGTERM arrives during step 4: the loop finishes the step, saves, returns.
-    class SignalAtStep4(checkpoint.PreemptionGuard):
+    class SignalAtStep4(stopping.PreemptionGuard):
         calls = 0
 
         def should_stop(self, step=None):
@@ -148,11 +136,12 @@ def test_interrupted_run_resumes_bitwise(tmp_path, data_dir, monkeypatch):
             return super().should_stop(step)
 
     resumed = str(tmp_path / "resumed")
-    monkeypatch.setattr(checkpoint, "PreemptionGuard", SignalAtStep4)
-    summary = train_lib.train_and_evaluate(config, resumed)
-    assert summary == {"step": 4, "wall_time": summary["wall_time"], "interrupted": True}
+    monkeypatch.setattr(stopping, "PreemptionGuard", SignalAtStep4)
+    summary = loop.train_and_evaluate(config, resumed)
+    assert summary == {"step": 4, "wall_time": summary["wall_time"], "interrupted": True,
+                       "stopped": "received SIGTERM", "workdir": resumed}
     monkeypatch.undo()
-    summary = train_lib.train_and_evaluate(config, resumed)
+    summary = loop.train_and_evaluate(config, resumed)
     assert summary["step"] == 7
     a, b = _params(straight, 7), _params(resumed, 7)
     jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -168,5 +157,5 @@ def test_catalog_dataset_with_mock_data(tmp_path):
     config.model.update(max_len=64)
     config.decode.update(strategy="beam", beam_size=2, max_length=8)
     with tfds.testing.mock_data(num_examples=24):
-        summary = train_lib.train_and_evaluate(config, str(tmp_path / "wmt"))
+        summary = loop.train_and_evaluate(config, str(tmp_path / "wmt"))
     assert summary["step"] == 2 and np.isfinite(summary["test/loss"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_train_e2e import tiny
 
-from train import train_lib
+from train import loop, modes
 from train.configs import rnn_luong_location, transformer
 
 RUNS = {
@@ -44,7 +44,7 @@ def test_extension_trains_end_to_end(tmp_path, data_dir, name):
                   log_every_steps=4, num_heatmaps=1)
     config.model.update(model_fields)
     workdir = str(tmp_path / name)
-    summary = train_lib.train_and_evaluate(config, workdir)
+    summary = loop.train_and_evaluate(config, workdir)
     assert summary["step"] == 4 and not summary["interrupted"]
     assert np.isfinite(summary["validation/loss"]) and 0.0 <= summary["test/exact_match"] <= 1.0
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -55,7 +55,7 @@ def test_extension_trains_end_to_end(tmp_path, data_dir, name):
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert losses and all(np.isfinite(losses))
     assert len(os.listdir(os.path.join(workdir, "heatmaps"))) == 1
-    params = train_lib.load_trained(config, workdir).params
+    params = modes.load_trained(config, workdir).params
     for (module, param), shape in OWN_PARAMS[name].items():
         assert params[module][param].shape == shape, (module, param)
     assert ("positions" in params) == (name == "transformer-t5")

@@ -19,7 +19,7 @@ import pytest
 
 from jaxattn import decoding
 from model_params import shrink_model
-from train import cli, evaluation, train_lib, translation
+from train import evaluation, loop, modes, quiet, translation
 from train.configs import transformer
 from train.data import number_words as nw
 from train.data import tokenizer as tk
@@ -43,26 +43,13 @@ def run(tmp_path_factory):
     config.update(num_train_steps=40, warmup_steps=2, log_every_steps=20, eval_every_steps=100,
                   checkpoint_every_steps=100, num_samples=0, num_heatmaps=0, progress_bar=False)
     config.decode.max_length = 12
-    train_lib.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     return config, workdir
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The CLI runs compile what the tests compiled (same shapes): share them through the disk cache."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    previous = {name: getattr(jax.config, name) for name in names}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    for name, value in previous.items():
-        jax.config.update(name, value)
 
 
 @pytest.fixture(scope="module")
 def trained(run):
-    return train_lib.load_trained(*run)
+    return modes.load_trained(*run)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +107,7 @@ def test_blank_lines_order_and_batching(batched, alone):
 
 
 def test_train_lib_translate_delegates(run, alone):
-    assert train_lib.translate(*run, ["", "five"]) == alone.translate(["", "five"])
+    assert modes.translate(*run, ["", "five"]) == alone.translate(["", "five"])
 
 
 def test_translations_equal_the_evaluators(run, trained, batched):
@@ -216,7 +203,7 @@ def test_routine_library_notices_are_dropped_real_warnings_kept(message):
     absl_logger = logging.getLogger("absl")
     before = list(absl_logger.filters)
     try:
-        cli.configure_logging()
+        quiet.install()
         assert not absl_logger.filter(logging.LogRecord("absl", logging.WARNING, __file__, 1, message, None, None))
         assert absl_logger.filter(logging.LogRecord("absl", logging.WARNING, __file__, 1, "disk almost full",
                                                     None, None))
@@ -225,10 +212,9 @@ def test_routine_library_notices_are_dropped_real_warnings_kept(message):
 
 
 def _cli(workdir, *args, stdin=""):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # The suite's compilation cache (tests/conftest.py) holds what the tests above compiled.
     return subprocess.run([sys.executable, "-m", "train.translate", f"--workdir={workdir}", *args], input=stdin,
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
 def _no_library_warnings(stderr: str) -> None:

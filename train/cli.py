@@ -20,12 +20,12 @@ import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
-from train import checkpoint, quiet, train_lib
+from train import checkpoint, interrupt, metrics, quiet
 from train.errors import UserError, one_line
 
 # Errors that are the user's input, reported as one line; any other exception is a bug and keeps
 # its traceback.
-USER_ERRORS = (UserError, train_lib.NonFiniteLossError)
+USER_ERRORS = (UserError, metrics.NonFiniteLossError)
 # OSErrors that are the machine's state rather than a bug: a full disk, no permission, a read-only
 # file system. A missing file is not among them: the validators check the files the user names.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
@@ -142,6 +142,10 @@ def run(body: Callable[[], int]) -> None:
     def main(argv: list[str]) -> int:
         del argv  # parse_flags refused any positional argument
         configure_logging()
-        quiet.install()  # the process's one place for global hooks and log filters
-        return one_line_errors(body)
+        quiet.install()  # the process's one place for global hooks and log filters; Ctrl-C unwinds from here
+        try:
+            return one_line_errors(body)
+        except KeyboardInterrupt:  # outside the training loop (which stops cleanly on its own)
+            print(interrupt.MESSAGE, file=sys.stderr)
+            return interrupt.EXIT_STATUS
     app.run(main, flags_parser=parse_flags)

@@ -1,20 +1,25 @@
-"""Metric writers: JSON lines and TensorBoard event files, without TensorFlow.
+"""Training metrics on their way from the device to the writers: JSON lines and TensorBoard, without TensorFlow.
 
 `MetricWriter` appends one JSON object per call to `<workdir>/metrics.jsonl`
 (`{"step": ..., "split/name": value, ...}`; easy to load with pandas) and writes
 the same scalars to TensorBoard event files in `<workdir>/tensorboard` through
-tensorboardX, which needs no TensorFlow. Only process 0 writes.
+tensorboardX, which needs no TensorFlow. Only process 0 writes. `TrainHistory`
+collects the train step's metrics, stops the run on a non-finite loss and
+writes their means at log steps.
 """
 
 import json
 import os
+import time
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-__all__ = ["MetricWriter"]
+from train import steps
+
+__all__ = ["MetricWriter", "NonFiniteLossError", "TrainHistory"]
 
 
 class MetricWriter:
@@ -65,3 +70,51 @@ class MetricWriter:
             self._file.close()
             self._tb.close()
             self._file = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss or gradient became NaN or Inf."""
+
+
+class TrainHistory:
+    """Step metrics on their way from the device to the writers.
+
+    `sync` fetches what the steps returned since the last call and stops the
+    run on a non-finite loss (before any checkpoint of that state is saved);
+    `write` logs the means since the last write.
+    """
+
+    def __init__(self, parallel, writer: MetricWriter, bar):
+        self._parallel, self._writer, self._bar = parallel, writer, bar
+        self._device, self._host = [], []
+        self._tick = time.time()
+
+    def append(self, step_metrics) -> None:
+        self._device.append(step_metrics)
+
+    def sync(self, step: int, last_good: str) -> None:
+        """Raises `NonFiniteLossError` naming the step and `last_good` (where to resume from)."""
+        fetched = self._parallel.fetch(self._device)
+        for i, m in enumerate(fetched):
+            if not m["finite"]:
+                raise NonFiniteLossError(
+                    f"loss is NaN or Inf at step {step - len(fetched) + i + 1}; training stopped, {last_good} "
+                    "(lower config.learning_rate or set config.grad_clip_norm?)")
+        self._host.extend(fetched)
+        self._device = []
+
+    def write(self, step: int) -> None:
+        if not self._host:
+            return
+        sums = jax.tree.map(lambda *xs: np.sum(xs), *self._host)
+        last = self._host[-1]
+        elapsed = max(time.time() - self._tick, 1e-9)
+        self._tick, self._host = time.time(), []
+        scalars = steps.summarize(sums, "train")
+        scalars.update({"train/tokens_per_sec": float(sums["tokens"]) / elapsed,
+                        "train/grad_norm": float(last["grad_norm"]),
+                        "train/learning_rate": float(last["learning_rate"])})
+        # What the model reports of itself (e.g. the RNN's scheduled-sampling probability).
+        scalars.update({f"train/{name}": float(value) for name, value in last["reported"].items()})
+        self._writer.write_scalars(step, scalars)
+        self._bar.set_postfix(loss=f"{scalars['train/nll']:.3f}", tok_s=f"{scalars['train/tokens_per_sec']:.0f}")

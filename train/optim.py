@@ -97,7 +97,7 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: Schedule | None 
         `weight_decay`, `grad_clip_norm`, `grad_accum_steps` and the schedule
         fields).
       schedule: the learning-rate schedule, if already made from `config`
-        (`train.run_config.build` makes it once); else `make_schedule(config)`.
+        (`train.build.build` makes it once); else `make_schedule(config)`.
 
     Returns:
       An optax transformation. With `grad_accum_steps > 1` it is wrapped in

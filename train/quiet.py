@@ -1,7 +1,9 @@
 """What the command line keeps off the terminal: library notices and echoes of a reported error.
 
 `install()` is the one place that touches process-wide hooks; only `train.cli.run`
-calls it (library code, e.g. the `Checkpointer`, installs nothing). It adds two
+calls it (library code, e.g. the `Checkpointer`, installs nothing). The one hook
+set before it is the entry point's SIGINT handler while its libraries load
+(`train.interrupt.exit_on_ctrl_c`), which `install()` replaces. It adds two
 filters to absl's logger and wraps `threading.excepthook` and `sys.unraisablehook`,
 each once however often it is called. Whatever it does not recognise goes on to
 the previous hook or handler unchanged, so a bug keeps its traceback.
@@ -25,7 +27,7 @@ import logging
 import sys
 import threading
 
-from train import checkpoint
+from train import checkpoint, interrupt
 
 __all__ = ["DISK_FULL_REPORTED", "LIBRARY_NOTICES", "install"]
 
@@ -61,7 +63,9 @@ def _echo(error: BaseException | None) -> bool:
 
 
 def install() -> None:
-    """Installs the absl log filters and the thread / unraisable hooks (each at most once)."""
+    """Installs the absl log filters and the thread / unraisable hooks (each at most once), and gives
+    Ctrl-C back to Python (a KeyboardInterrupt that unwinds; see `train.interrupt`)."""
+    interrupt.raise_on_ctrl_c()
     absl_logger = logging.getLogger("absl")
     for kind in (_OrbaxMetricWarning, _DiskFullEcho):
         if not any(isinstance(f, kind) for f in absl_logger.filters):

@@ -10,21 +10,26 @@ r"""Train, evaluate and translate: `python -m train.translate`.
     python -m train.translate --mode=translate --input_file=in.txt --output_file=out.txt --nbest=4
     printf 'five\tfünf\n' | python -m train.translate --mode=score   # log P(target | source)
 
-A thin entry: flags -> config -> `train.train_lib` (which notebooks and tests
-import directly). Bad input ends with one `error: ...` line and exit status 1,
+A thin entry: flags -> config -> `train.loop` (training) or `train.modes` (eval,
+translate, score), which notebooks and tests import directly. Bad input ends with one `error: ...` line and exit status 1,
 with nothing in the workdir overwritten.
 """
 
 import os
 import sys
 
-import jax
-import ml_collections
-from absl import flags
-from ml_collections import config_flags
+from train import interrupt
 
-from train import cli, run_config, sharding, train_lib, translation
-from train.errors import UserError
+if __name__ == "__main__":
+    interrupt.exit_on_ctrl_c()  # Ctrl-C while the libraries load: one line, exit 130
+
+import jax  # noqa: E402  (after the Ctrl-C handler: these imports take seconds)
+import ml_collections  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from train import cli, loop, modes, run, saved_config, sharding, translation  # noqa: E402
+from train.errors import UserError  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "transformer.py")
 
@@ -41,7 +46,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Run directory (vocabu
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate", "score"],
                           "train (resumes automatically), eval a checkpoint, translate sentences, or score "
                           "source<TAB>target pairs (log-probabilities).")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", list(train_lib.CHECKPOINT_CHOICES),
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", list(run.CHECKPOINT_CHOICES),
                                 "Checkpoint used by --mode=eval / translate / score.")
 _SENTENCES = flags.DEFINE_multi_string("sentence", [], "Sentence to translate (repeatable); default: "
                                        "--input_file, else stdin lines.")
@@ -67,7 +72,7 @@ def _mode_config() -> ml_collections.ConfigDict:
     if _MODE.value == "train":
         return _CONFIG.value
     config_flag = flags.FLAGS["config"]
-    return run_config.trained_run_config(
+    return saved_config.trained_run_config(
         _WORKDIR.value, config_flags.get_override_values(config_flag),
         _CONFIG.value if config_flag.present else None)
 
@@ -88,13 +93,13 @@ def _run() -> int:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         sharding.initialize_distributed(config)
     if _MODE.value == "train":
-        summary = train_lib.train_and_evaluate(config, workdir)
+        summary = loop.train_and_evaluate(config, workdir)
         if summary["interrupted"]:
             print(f"Interrupted at step {summary['step']}; checkpoint saved in {workdir}. Re-run to resume.")
         else:
             print(_summary_line(summary, summary["eval_splits"][-1]))
     elif _MODE.value == "eval":
-        summary = train_lib.evaluate(config, workdir, _CHECKPOINT.value)
+        summary = modes.evaluate(config, workdir, _CHECKPOINT.value)
         for split in summary["eval_splits"]:
             print(_summary_line(summary, split))
     else:
@@ -113,7 +118,7 @@ def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None
     translation.check_output_file(_OUTPUT_FILE.value)
     lines = list(_SENTENCES.value) or translation.read_lines(_INPUT_FILE.value)
     pairs = translation.parse_pairs(lines, _INPUT_FILE.value or "stdin") if score else None
-    translator = translation.Translator(train_lib.load_trained(config, workdir, _CHECKPOINT.value),
+    translator = translation.Translator(modes.load_trained(config, workdir, _CHECKPOINT.value),
                                         _BATCH_SIZE.value, progress=bool(_INPUT_FILE.value) and config.progress_bar)
     if score:
         out = translation.score_lines(translator.score(pairs))

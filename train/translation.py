@@ -1,6 +1,6 @@
 """Translation and scoring as a tool: what `--mode=translate` and `--mode=score` run.
 
-    trained = train_lib.load_trained(config, workdir)
+    trained = modes.load_trained(config, workdir)
     translator = Translator(trained)
     translator.translate(["forty two", "", "seven"])       # ["zweiundvierzig", "", "sieben"]
     translator.nbest(["forty two"], k=3)                   # [[Hypothesis(text, score), ...]]
@@ -92,7 +92,7 @@ class Translator:
     """Batched, length-sorted translation and scoring with a trained model.
 
     Args:
-      trained: a `train.train_lib.Trained` (config, model, params, tokenizers).
+      trained: a `train.modes.Trained` (config, model, params, tokenizers).
       batch_size: rows per batch; 0 = `config.data.eval_batch_size`.
       progress: a tqdm bar on stderr while batches run (tqdm hides it when stderr is no
         terminal; never shown for a single batch).

@@ -1,4 +1,4 @@
-"""Experiments: commands that vary configs and call the one trainer (`train.train_lib`).
+"""Experiments: commands that vary configs and call the one trainer (`train.loop`).
 
 Each experiment is a module run with `python -m train.experiments.<name>`; none has a
 training loop of its own.

@@ -15,7 +15,7 @@ by "then": 2 to ~60 English words, the range of Bahdanau's Fig. 2), or `number_w
 room). Each dataset's entry sets the token lengths, batch buckets, decode length, word buckets,
 budget and default paths. Every model is its family's config file (`train/configs/`) with the
 same data overrides, so all of them see the same vocabulary and the same batches in the same order.
-Training is the one trainer (`train.train_lib.train_and_evaluate`), each model in
+Training is the one trainer (`train.loop.train_and_evaluate`), each model in
 `<workdir>/<model>`, so an interrupted experiment resumes where it stopped (a model that
 finished is not retrained). Then the test predictions are bucketed by source length in words
 (`train.experiments.length_report`) and written as `<output>.png` (BLEU, chrF and exact
@@ -43,7 +43,7 @@ import ml_collections
 from absl import flags
 
 from jaxattn.models import count_params
-from train import cli, evaluation, run_config, train_lib
+from train import build, cli, evaluation, loop, saved_config
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer
 from train.data import load_tokenizers
 from train.experiments import length_report
@@ -158,7 +158,7 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
       progress_bar: tqdm bar while training.
 
     Returns:
-      A run config for `train.train_lib.train_and_evaluate`.
+      A run config for `train.loop.train_and_evaluate`.
     """
     parse_models([model])
     settings = dataset_settings(dataset)
@@ -194,7 +194,7 @@ def experiment_config(model: str, *, steps: int, dataset: str = DEFAULT_DATASET,
 
 def count_parameters(config: ml_collections.ConfigDict, vocab_size: int) -> int:
     """Number of parameters of `config.model` with a vocabulary of `vocab_size` (no allocation)."""
-    model = run_config.build_model(config, vocab_size)
+    model = build.build_model(config, vocab_size)
     rng = jax.random.key(0)
     tokens = jnp.ones((1, 8), jnp.int32)                                      # [B, S]
     shapes = jax.eval_shape(lambda: model.init({"params": rng, "dropout": rng}, tokens, tokens))
@@ -252,7 +252,7 @@ def _train_model(model: str, config: ml_collections.ConfigDict, workdir: str, st
         shutil.copytree(vocab_from, vocab)  # same data config: reuse the vocabulary, not retrain it
     _log.info("%s: training %d steps in %s", model, steps, workdir)
     load = os.getloadavg()[0]
-    summary = train_lib.train_and_evaluate(config, workdir)
+    summary = loop.train_and_evaluate(config, workdir)
     record["wall_time_s"] += summary["wall_time"]
     # When and where it ran, for the report (a later re-run that only re-plots keeps these).
     record.update(step=summary["step"], done=not summary["interrupted"], finished=_now(),
@@ -329,8 +329,8 @@ def run_experiment(models: Sequence[str], workdir: str = "", *, steps: int = 0, 
     for m, config in configs.items():
         if split not in config.data.eval_splits:
             raise UserError(f"split: got {split!r}, expected one of {tuple(config.data.eval_splits)}")
-        run_config.validate_config(config)
-        run_config.check_workdir(config, os.path.join(workdir, m))
+        build.validate_config(config)
+        saved_config.check_workdir(config, os.path.join(workdir, m))
     started = time.time()
     results, vocab_from, data_from = {}, None, None
     for m in models:
