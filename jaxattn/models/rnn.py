@@ -102,6 +102,10 @@ class RNNSeq2Seq(nn.Module):
         return {"values": values, "valid": valid, "rnn": self.bridge(finals),
                 **self.cell.prepare(values, finals)}
 
+    def check_length(self, length: int, name: str) -> None:
+        """Sequences of any length are fine for an RNN (the shared interface of `Transformer.check_length`)."""
+        del length, name
+
     def init_cache(self, encoded, max_len: int):
         """Splits `encoded` into per-sentence memory and the step-0 decoder state.
 

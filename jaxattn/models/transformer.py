@@ -137,6 +137,14 @@ class Transformer(nn.Module):
                            targets_segmentation=targets_segmentation,
                            targets_positions=targets_positions)
 
+    def check_length(self, length: int, name: str) -> None:
+        """Raises ValueError if sequences of `length` tokens are past the position scheme's longest.
+
+        Works on an unbound module, so that a trainer can check its data and decoding lengths
+        before anything runs (only learned positions have a bound: `config.max_len`).
+        """
+        POSITIONS[self.config.positional](self.config, parent=None).check_length(length, name)
+
     def encode(self, inputs, *, train: bool = False, inputs_segmentation=None,
                inputs_positions=None):
         """Encoder stack.

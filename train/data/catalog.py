@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import naming
 from tensorflow_datasets.proto import tf_example_pb2
 # The legacy translation builders (wmt14_translate, wmt_t2t_translate, ...) are registered only
 # when their module is imported; `tfds.builder` does not find them otherwise.
@@ -23,18 +24,31 @@ from train.data import number_lists  # noqa: F401  (registers the `number_lists`
 from train.data import number_words  # noqa: F401  (registers the `number_words` builder)
 from train.errors import UserError
 
-__all__ = ["prepare_builder", "prepare", "split_sources", "record_text", "record_pair",
+__all__ = ["check_name", "prepare_builder", "prepare", "split_sources", "record_text", "record_pair",
            "feature_keys", "PairReader"]
+
+
+def check_name(name: str) -> None:
+    """Raises `UserError` unless `name` ("dataset[/config][:version]") names a TFDS dataset and config.
+
+    Reads no data and writes nothing: the trainer calls it before it creates its workdir.
+    """
+    try:
+        dataset, kwargs = naming.parse_builder_name_kwargs(name)
+        builder_cls = tfds.builder_cls(str(dataset))
+    except (tfds.core.registered.DatasetNotFoundError, ValueError):
+        raise UserError(f"dataset: {name!r} is not a TFDS dataset (expected e.g. "
+                        "'number_words/medium', 'wmt14_translate/de-en' or 'tsv')") from None
+    configs = list(getattr(builder_cls, "builder_configs", {}) or {})
+    if "config" in kwargs and configs and kwargs["config"] not in configs:
+        raise UserError(f"dataset: {name!r}: {dataset} has no config {kwargs['config']!r}, expected one of "
+                        f"{configs}")
 
 
 def prepare_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """Returns the prepared builder of TFDS dataset `name` ("dataset[/config][:version]")."""
-    try:
-        builder = tfds.builder(name, data_dir=data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise UserError(f"dataset: {name!r} is not a TFDS dataset (expected e.g. "
-                        "'number_words/medium', 'wmt14_translate/de-en' or 'tsv')") from None
-    return prepare(builder)
+    check_name(name)
+    return prepare(tfds.builder(name, data_dir=data_dir or None))
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
