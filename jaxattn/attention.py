@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from jaxattn import _checks
-from jaxattn.backend import platform_of as _platform  # the name tests patch to take the other path
+from jaxattn.backend import platform_of
 from jaxattn.chunked import chunked_dot_product_attention
 from jaxattn.scores import additive_score, dot_score, scaled_dot_product_score
 from jaxattn.softmax import masked_softmax
@@ -259,7 +259,7 @@ _xla_float32.defvjp(_xla_float32_fwd, _xla_float32_bwd)
 
 def _fused(query, key, value, mask, bias, scale, implementation):
     """jax.nn.dot_product_attention, with fully masked rows set to zero."""
-    platform = _platform(query)
+    platform = platform_of(query)
     if implementation is None:
         implementation = "xla"
         if platform == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):

@@ -13,6 +13,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Int
 
 from jaxattn import _checks
+from jaxattn.tokens import PAD_ID
 
 __all__ = [
     "padding_mask",
@@ -25,12 +26,12 @@ __all__ = [
 ]
 
 
-def padding_mask(tokens: Int[Array, "B S"], pad_id: int = 0) -> Bool[Array, "B S"]:
+def padding_mask(tokens: Int[Array, "B S"], pad_id: int = PAD_ID) -> Bool[Array, "B S"]:
     """Marks real tokens.
 
     Args:
       tokens: [B, S] integer token ids.
-      pad_id: the padding id (0 in jaxattn).
+      pad_id: the padding id (`jaxattn.PAD_ID`).
 
     Returns:
       [B, S] bool, True where `tokens != pad_id`.

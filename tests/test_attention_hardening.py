@@ -369,10 +369,10 @@ def test_einsum_vjp_trick_is_used_on_cpu_only(monkeypatch):
     def custom_vjps():  # a fresh function: make_jaxpr caches traces by function
         return str(jax.make_jaxpr(lambda *a: xla(*a))(*clean)).count("custom_vjp")
 
-    assert attention_module._platform(clean[0]) == "cpu"
+    assert attention_module.platform_of(clean[0]) == "cpu"
     assert custom_vjps() == 1
     on_cpu = jax.jit(lambda *a: _with_grads(xla, a))(*clean)
-    monkeypatch.setattr(attention_module, "_platform", lambda x: "tpu")
+    monkeypatch.setattr(attention_module, "platform_of", lambda x: "tpu")
     assert custom_vjps() == 0  # elsewhere jax.nn is differentiated as it is
     elsewhere = jax.jit(lambda *a: _with_grads(lambda *b: xla(*b), a))(*clean)
     chex.assert_trees_all_close(elsewhere, on_cpu, atol=1e-5)
