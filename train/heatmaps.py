@@ -13,8 +13,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 __all__ = ["plot_attention"]
 
@@ -56,6 +54,10 @@ def plot_attention(
     cell = 0.35
     width = max(3.0, cols * (1.5 + cell * num_s))
     height = max(2.5, rows * (1.2 + cell * num_t))
+    # Imported here: matplotlib costs every launch 0.4 s, and only heatmaps need it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     for h in range(heads):
