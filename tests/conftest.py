@@ -12,20 +12,63 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# `python -m train.translate` keeps compiled programs in a persistent cache (default under ~/.cache);
-# the suite's subprocesses share one of their own instead, so tests never write to $HOME.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+# Compiled programs are kept in one persistent cache for the whole suite -- every test, pytest-xdist
+# worker and `python -m train.translate` subprocess -- and across runs: a program compiled once
+# (however fast) is read back instead of compiled again. XLA's cache key covers the program, the
+# options and the jax version, so a stale entry is never used. JAX_COMPILATION_CACHE_DIR chooses
+# another directory; tests never write to $HOME.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), ".pytest_cache", "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# XLA compiles with fewer optimisations, as JAX's own test suite does: the same results at these
+# sizes (every tolerance and bitwise check holds), a quarter less time in the compile-bound files
+# (test_models_transformer + test_decoding: 141 s -> 104 s on 2 cores), and compiling is most of what
+# a tiny test costs. The notebooks run as a user runs them (tests/test_notebooks.py).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# A directory shared by the pytest-xdist workers of one run (they inherit the variable): what one
+# worker computed for all (`shared_once`). Only the process that made it removes it.
+if "JAXATTN_TEST_SHARED_DIR" not in os.environ:
     import atexit
     import functools
     import shutil
     import tempfile
 
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxattn-test-xla-cache-")
-    # Only the process that made it removes it (pytest-xdist workers inherit the variable).
-    atexit.register(functools.partial(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"],
-                                      ignore_errors=True))
+    os.environ["JAXATTN_TEST_SHARED_DIR"] = tempfile.mkdtemp(prefix="jaxattn-tests-")
+    atexit.register(functools.partial(shutil.rmtree, os.environ["JAXATTN_TEST_SHARED_DIR"], ignore_errors=True))
 
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# --- Shared fixtures -------------------------------------------------------------------------
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+from shared import shared_once  # noqa: E402  (tests/ is on sys.path: pytest's rootdir conftest)
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> tuple[str, str]:
+    """(workdir, data_dir) of the run's one tiny trained run, trained by the first worker that asks:
+    `tiny.tiny(keep_checkpoints=3)`, checkpoints 2, 3 and 4 (step 4, the final one, with a validation
+    BLEU). Never change it: copy it (`tiny_run_copy`)."""
+    from tiny import tiny  # noqa: PLC0415
+    from train import loop  # noqa: PLC0415
+
+    def train(root: str) -> None:
+        config = tiny(keep_checkpoints=3)
+        config.data.data_dir = os.path.join(root, "tfds")
+        loop.train_and_evaluate(config, os.path.join(root, "run"))
+
+    root = shared_once("tiny_run", train)
+    return os.path.join(root, "run"), os.path.join(root, "tfds")
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> str:
+    """A private copy of `tiny_run`'s workdir, for a test that damages or extends it."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], workdir)
+    return workdir

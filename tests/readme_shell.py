@@ -4,8 +4,8 @@
 once `\\` continuations are joined and `# comments` dropped; `.segments` split on `&&`, `||`
 and `;` outside quotes). `Session` runs shell text as `bash -c` subprocesses in a temporary
 directory laid out like a checkout, with the venv's python first on PATH, the repository on
-PYTHONPATH, HOME and the TFDS data dir inside the temporary directory, one CPU device and a
-JAX compilation cache shared by every command; `once` memoises what several tests need (a
+PYTHONPATH, HOME and the TFDS data dir inside the temporary directory, one CPU device and the
+suite's JAX compilation cache (tests/conftest.py); `once` memoises what several tests need (a
 trained workdir) across threads. tests/test_readme_commands.py holds the rules that say how
 each kind of command runs.
 """
@@ -181,8 +181,6 @@ class Session:
             JAX_PLATFORMS="cpu",
             # One CPU device, as on a user's machine (conftest gives this process 8).
             XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip(),
-            JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             TPU_SKIP_MDS_QUERY="1",  # never ask a cloud metadata server
             # XLA compiles with fewer optimisations (as JAX's own tests do): same results at
             # these sizes, about 40% less CPU, and compiling is most of a tiny run's cost.

@@ -8,6 +8,7 @@ import importlib.util
 import re
 
 import numpy as np
+import pytest
 
 from device_smoke import REPO, run_device_benchmark
 
@@ -28,6 +29,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_smoke_reports_every_part_with_numbers():
     run = run_device_benchmark(("--smoke",))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -69,6 +71,7 @@ def test_smoke_reports_every_part_with_numbers():
     assert 0.0 <= float(row.group(5)) <= 100.0
 
 
+@pytest.mark.slow
 def test_a_part_that_times_out_still_reports_the_others():
     run = run_device_benchmark(("--smoke", "--parts=e2e,decode", "--timeouts=e2e=1",
                                 "--output=out.md"))
@@ -81,6 +84,7 @@ def test_a_part_that_times_out_still_reports_the_others():
     assert "#### a." not in run.markdown  # --parts chose d and e only
 
 
+@pytest.mark.slow
 def test_unknown_part_is_one_line_error():
     run = run_device_benchmark(("--parts=correctness,speed",))
     assert run.returncode == 2

@@ -5,7 +5,6 @@ One tiny run is trained once per module (checkpoints at steps 3 and 4); each tes
 
 import glob
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,31 +14,26 @@ from train import build, checkpoint, loop, modes, run, sharding
 from train.data import load_tokenizers
 from train.errors import UserError
 
-from test_train_bad_input import tiny
+from tiny import tiny
 
-pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")]  # ml_collections
 
 
 def _config(data_dir: str):
-    config = tiny(keep_checkpoints=2)
+    config = tiny(keep_checkpoints=3)
     config.data.data_dir = data_dir
     return config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(workdir, data_dir) of a 4-step run."""
-    root = tmp_path_factory.mktemp("restore_errors")
-    data_dir, workdir = str(root / "tfds"), str(root / "run")
-    loop.train_and_evaluate(_config(data_dir), workdir)
-    return workdir, data_dir
+@pytest.fixture
+def trained(tiny_run):
+    """(workdir, data_dir) of the session's tiny run (tests/conftest.py): checkpoints 2, 3, 4."""
+    return tiny_run
 
 
 @pytest.fixture
-def workdir(trained, tmp_path):
-    copy = str(tmp_path / "run")
-    shutil.copytree(trained[0], copy)
-    return copy
+def workdir(tiny_run_copy):
+    return tiny_run_copy
 
 
 def _restore_latest(config, workdir: str):

@@ -17,7 +17,7 @@ import pytest
 from train import cli, interrupt, loop
 from train.errors import UserError
 
-from test_train_bad_input import tiny
+from tiny import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +47,7 @@ def test_workdir_name_longer_than_the_file_system_allows(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_libraries_load_is_one_line_and_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "train.translate", f"--workdir={tmp_path / 'run'}"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

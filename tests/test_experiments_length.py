@@ -52,6 +52,7 @@ def _own_buckets(rows):
     return out
 
 
+@pytest.mark.slow
 def test_report_files_and_per_bucket_numbers(experiment):
     root, data_dir, _, report = experiment
     output = root / "docs" / "report"
@@ -80,6 +81,7 @@ def test_report_files_and_per_bucket_numbers(experiment):
         assert result["parameters"] > 0 and result["wall_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_models_and_keeps_the_reading(experiment):
     root, _, kwargs, report = experiment
     md = root / "docs" / "report.md"
@@ -125,6 +127,7 @@ def test_unknown_dataset_is_a_one_line_error():
         length.run_experiment(["plain"], "unused", dataset="wmt")
 
 
+@pytest.mark.slow
 def test_number_lists_short_with_the_dataset_settings(tmp_path):
     """Default steps, buckets and lengths come from DATASETS; no test pair is filtered out."""
     def tiny_lists(model, config):

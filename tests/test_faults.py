@@ -1,7 +1,7 @@
 """Fault injection: damaged run directories, a full disk, a busy workdir, and inputs that slip through.
 
-One tiny run is trained once per module (checkpoints at steps 2, 3, 4; step 4 is
-the final one and carries a validation BLEU); each test damages its own copy.
+The session's tiny run (tests/conftest.py `tiny_run`: checkpoints at steps 2, 3, 4; step 4
+is the final one and carries a validation BLEU) is trained once; each test damages its own copy.
 """
 
 import collections
@@ -27,7 +27,7 @@ from train.data import corpus, load_tokenizers, make_datasets
 from train.errors import UserError
 from train.run import open_checkpoints, select_step
 
-from test_train_bad_input import tiny
+from tiny import tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections
 
@@ -41,22 +41,11 @@ def _config(data_dir: str, **overrides):
     return config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(workdir, data_dir) of a 4-step run with checkpoints 2, 3 and 4."""
-    root = tmp_path_factory.mktemp("faults")
-    data_dir, workdir = str(root / "tfds"), str(root / "run")
-    loop.train_and_evaluate(_config(data_dir), workdir)
-    assert checkpoint_files.step_dirs(os.path.join(workdir, "checkpoints")) == [2, 3, 4]
-    return workdir, data_dir
-
-
 @pytest.fixture
-def run(trained, tmp_path):
-    """A private copy of the trained run: (workdir, checkpoints dir, data_dir)."""
-    workdir = str(tmp_path / "run")
-    shutil.copytree(trained[0], workdir)
-    return workdir, os.path.join(workdir, "checkpoints"), trained[1]
+def run(tiny_run, tiny_run_copy):
+    """A private copy of the session's tiny run (checkpoints 2, 3, 4): (workdir, checkpoints dir, data_dir)."""
+    assert checkpoint_files.step_dirs(os.path.join(tiny_run[0], "checkpoints")) == [2, 3, 4]
+    return tiny_run_copy, os.path.join(tiny_run_copy, "checkpoints"), tiny_run[1]
 
 
 def _digest(path: str) -> str:
@@ -104,6 +93,7 @@ def _damage(step_dir: str, kind: str) -> str:
 DAMAGES = ["arrays", "truncated", "no_state", "metadata", "iterator", "config_item", "metrics", "step_metadata"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", DAMAGES)
 def test_damaged_latest_is_named_and_skipped(run, kind, caplog):
     _, ckpt_dir, _ = run
@@ -132,6 +122,7 @@ def test_damaged_latest_is_named_and_skipped(run, kind, caplog):
     assert _digest(os.path.join(ckpt_dir, "damaged-4")) == before  # set aside whole, never rewritten
 
 
+@pytest.mark.slow
 def test_resume_falls_back_and_never_overwrites_the_damaged_step(run, caplog):
     workdir, ckpt_dir, data_dir = run
     _damage(os.path.join(ckpt_dir, "4"), "arrays")
@@ -145,6 +136,7 @@ def test_resume_falls_back_and_never_overwrites_the_damaged_step(run, caplog):
     checkpoint_files.check_step(ckpt_dir, 4, checkpoint.RESUME_ITEMS)
 
 
+@pytest.mark.slow
 def test_no_intact_checkpoint_is_one_error_and_nothing_moves(run):
     workdir, ckpt_dir, data_dir = run
     for step in (2, 3, 4):
@@ -157,6 +149,7 @@ def test_no_intact_checkpoint_is_one_error_and_nothing_moves(run):
     assert _digest(ckpt_dir) == before
 
 
+@pytest.mark.slow
 def test_cli_translate_falls_back_without_asyncio_tracebacks(run):
     workdir, ckpt_dir, _ = run
     _damage(os.path.join(ckpt_dir, "4"), "arrays")
@@ -167,6 +160,7 @@ def test_cli_translate_falls_back_without_asyncio_tracebacks(run):
     assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
 
 
+@pytest.mark.slow
 def test_damaged_config_json_and_vocabulary_are_one_line_naming_the_file(run):
     workdir, _, data_dir = run
     _garbage(os.path.join(workdir, "config.json"))
@@ -180,6 +174,7 @@ def test_damaged_config_json_and_vocabulary_are_one_line_naming_the_file(run):
         loop.train_and_evaluate(_config(data_dir, num_train_steps=5), workdir)
 
 
+@pytest.mark.slow
 def test_best_without_a_best_checkpoint_lists_the_steps(run):
     _, ckpt_dir, _ = run
     shutil.rmtree(os.path.join(ckpt_dir, "4"))  # the only one with a validation BLEU
@@ -197,6 +192,7 @@ def _tensorstore_disk_full(path: str) -> ValueError:
                       "No space left on device [os_error_code='28']")
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(run, monkeypatch, capsys):
     workdir, ckpt_dir, data_dir = run
     save, wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
@@ -252,6 +248,7 @@ def test_disk_full_echoes_of_background_writers_are_dropped(monkeypatch, capsys)
     assert [str(e) for e in printed] == ["a bug in a thread"]
 
 
+@pytest.mark.slow
 def test_second_trainer_is_refused_naming_the_first(run):
     workdir, ckpt_dir, data_dir = run
     before = _digest(ckpt_dir)
@@ -279,7 +276,7 @@ def test_second_trainer_is_refused_naming_the_first(run):
 _TRAINER_CONFIG = '''
 import sys
 sys.path.insert(0, {tests!r})
-from test_train_bad_input import tiny
+from tiny import tiny
 
 
 def get_config():
@@ -294,6 +291,7 @@ def _cli(*args, timeout=240):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_eval_and_translate_read_a_stable_checkpoint_while_training(run, tmp_path):
     workdir, ckpt_dir, data_dir = run
     config_file = tmp_path / "trainer_config.py"

@@ -43,6 +43,7 @@ def test_committed_with_outputs(path):
     assert not errors, f"{path.name}: committed with an error output: {errors[0].ename}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_top_to_bottom(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)

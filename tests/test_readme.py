@@ -69,6 +69,7 @@ def test_accelerator_extras_pull_jax_with_the_same_bounds():
         assert project["optional-dependencies"][extra] == [f"jax[{extra}]{jax_bounds}"], extra
 
 
+@pytest.mark.slow
 def test_accelerator_device_benchmark_command_runs():
     commands = [c for c in _accelerator_commands() if DEVICE_BENCHMARK.fullmatch(c)]
     assert commands

@@ -13,7 +13,7 @@ own test), so a newly documented command cannot go untested.
 Commands run as `bash -c` subprocesses (the venv's python first on PATH, the repository on
 PYTHONPATH, one CPU device) in a temporary directory laid out like a checkout (symlinks to
 the repository's top-level entries), with HOME and the TFDS data dir there too: nothing
-outside the temporary directory is written. Independent commands run two at a time; trained
+outside the temporary directory is written but the suite's compilation cache. Independent commands run two at a time; trained
 workdirs and compiled programs (JAX's persistent compilation cache) are shared through one
 module-scoped session.
 """
@@ -39,6 +39,8 @@ import pytest
 
 from model_params import shrink_model
 from readme_shell import REPO, Command, Ran, Session, free_port, pipeline, readme_commands, split, split_commands
+
+pytestmark = pytest.mark.slow  # shell commands as subprocesses (see pyproject.toml's markers)
 
 README = REPO / "README.md"
 MOCK_TFDS_RUN = pathlib.Path(__file__).resolve().parent / "mock_tfds_run.py"
@@ -533,6 +535,21 @@ def check_pytest(session: Session, segment: str, command: Command) -> None:
     assert any(c[-len(tail):] == tail for c in ci), f"{tail} is not what .ci/run runs: {ci}"
 
 
+def check_inner_loop(session: Session, segment: str, command: Command) -> None:
+    """`pytest -m "not slow"` (running it from inside the suite would recurse): the marker is
+    registered, and the selection collects most of the suite's tests but none marked slow."""
+    markers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers), markers
+    ran = session.shell("pytest --collect-only -n 0 -p no:cacheprovider -m 'not slow'").ok()
+    fast = [line for line in ran.stdout.splitlines() if "::" in line]
+    counts = re.search(r"^(\d+)/(\d+) tests collected \((\d+) deselected\)", ran.stdout, re.M)
+    assert counts, ran.stdout[-2000:]
+    selected, total, deselected = map(int, counts.groups())
+    assert len(fast) == selected > total / 2 and deselected > 0 and selected + deselected == total
+    assert not any("test_readme_commands.py::" in t or "test_notebooks.py::test_runs" in t for t in fast)
+    assert any("test_attention.py::" in t for t in fast)
+
+
 def _events(path: pathlib.Path):
     """The records of a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
     from tensorboardX.proto import event_pb2
@@ -576,6 +593,7 @@ RULES = (
     Rule("venv", r"^python3? -m venv \S+$", check_venv),
     Rule("activate", r"^(\.|source) \S+/bin/activate$", check_activate),
     Rule("pip install", r"^(python3? -m )?pip install ", check_pip_install),
+    Rule("inner loop", r"^pytest -m \"not slow\"$", check_inner_loop),
     Rule("pytest", r"^pytest\b", check_pytest),
     Rule("multi-host, detected", r"python3? -m train\.translate\b.*--config\.distributed\.coordinator_address=auto\b",
          run_multihost_auto),

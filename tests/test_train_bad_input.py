@@ -12,25 +12,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from train import build, checkpoint, loop, metrics, modes, saved_config
-from train.configs import rnn_bahdanau, transformer
+from train.configs import rnn_bahdanau
 from train.data import train_sentencepiece
 from train.errors import UserError
 
+from tiny import tiny
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny(module=transformer, **overrides):
-    config = module.get_config()
-    config.data.update(dataset="number_words/tiny", vocab_size=48, max_source_length=24, max_target_length=24,
-                       bucket_lengths=(24,), tokens_per_batch=192, batch_size_multiple=8, eval_batch_size=16,
-                       eval_max_examples=16, read_threads=1)
-    if config.model.family == "transformer":
-        config.model.update(emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1)
-    config.update(num_train_steps=4, warmup_steps=1, log_every_steps=1, eval_every_steps=100,
-                  checkpoint_every_steps=1, num_heatmaps=0, progress_bar=False)
-    config.decode.max_length = 8
-    config.update(overrides)
-    return config
 
 
 def _tree_digest(path: str) -> str:
@@ -137,6 +125,7 @@ def test_translate_without_checkpoint(tmp_path):
         modes.translate(tiny(), str(tmp_path / "empty"), ["one"])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny(schedule="constant", learning_rate=1e30, grad_clip_norm=0.0)
@@ -165,6 +154,7 @@ def _cli(*args, timeout=300):
     (["--config.model.family=lstm"], "config.model.family: got 'lstm', expected one of"),
     (["--config.data.dataset=number_words/gigantic"], "number_words has no config 'gigantic'"),
 ])
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
     result = _cli(*args, f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 1

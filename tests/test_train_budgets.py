@@ -25,6 +25,7 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
+@pytest.mark.slow
 def test_time_budget_ends_training_evaluates_and_saves(tmp_path, data_dir, caplog, monkeypatch):
     config = tiny(transformer, data_dir, num_train_steps=10_000, max_train_minutes=0.02,  # ~1 s
                   progress_bar=True, log_every_steps=10_000)
@@ -72,6 +73,7 @@ def test_budget_estimates_the_step_where_the_binding_budget_ends(monkeypatch):
     assert budget.estimate_total(10) == 200
 
 
+@pytest.mark.slow
 def test_epoch_budget_is_one_pass_over_the_data(tmp_path, data_dir):
     config = tiny(transformer, data_dir, num_train_steps=10_000)
     config.data.num_epochs = 1
@@ -81,6 +83,7 @@ def test_epoch_budget_is_one_pass_over_the_data(tmp_path, data_dir):
     assert summary["step"] == batches and not summary["interrupted"]
 
 
+@pytest.mark.slow
 def test_average_of_the_last_checkpoints(tmp_path, data_dir, caplog):
     config = tiny(transformer, data_dir, num_train_steps=6, checkpoint_every_steps=2, eval_every_steps=100,
                   keep_checkpoints=3, average_last_checkpoints=3)
@@ -123,6 +126,7 @@ def _wait_for(proc, marker: str) -> list[str]:
     raise AssertionError(f"{marker!r} never logged: {''.join(lines[-20:])}")
 
 
+@pytest.mark.slow
 def test_sigint_stops_within_a_step_and_saves(tmp_path, data_dir):
     proc = _cli(tmp_path / "run", data_dir, "--config.num_train_steps=100000", "--config.log_every_steps=1",
                 "--config.eval_every_steps=100000", "--config.checkpoint_every_steps=100000")
@@ -141,6 +145,7 @@ def test_sigint_stops_within_a_step_and_saves(tmp_path, data_dir):
     assert not any("Final evaluation" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_sigint_during_the_final_evaluation_aborts_it(tmp_path, data_dir):
     proc = _cli(tmp_path / "run", data_dir, "--config.num_train_steps=2", "--config.data.eval_max_examples=0",
                 "--config.data.eval_batch_size=8", "--config.decode.strategy=beam", "--config.decode.max_length=64")
@@ -152,6 +157,7 @@ def test_sigint_during_the_final_evaluation_aborts_it(tmp_path, data_dir):
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_one_host_stops_every_host_at_the_same_step(tmp_path, data_dir, signum):
     """Two processes on loopback: SIGTERM to one of them is JAX's preemption notice (SIGINT is forwarded

@@ -19,6 +19,8 @@ from model_params import shrink_model
 from train import checkpoint, loop, modes, stopping
 from train.configs import rnn_bahdanau, rnn_luong, rnn_plain, transformer, transformer_base_wmt14
 
+pytestmark = pytest.mark.slow  # the trainer end to end (see pyproject.toml's markers)
+
 FAMILIES = {
     "transformer": transformer,
     "rnn_bahdanau": rnn_bahdanau,

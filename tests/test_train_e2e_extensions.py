@@ -17,6 +17,8 @@ from test_train_e2e import tiny
 from train import loop, modes
 from train.configs import rnn_luong_location, transformer
 
+pytestmark = pytest.mark.slow  # the trainer end to end (see pyproject.toml's markers)
+
 RUNS = {
     "luong-location": (rnn_luong_location, {}),
     "transformer-alibi": (transformer, {"positional": "alibi"}),

@@ -16,6 +16,9 @@ import textwrap
 import chex
 import jax
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # two processes (see pyproject.toml's markers)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

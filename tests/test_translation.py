@@ -99,6 +99,7 @@ def test_decode_lengths_by_hand():
     assert int(evaluation.decode_lengths(7, cfg)) == 1  # at least one token
 
 
+@pytest.mark.slow
 def test_blank_lines_order_and_batching(batched, alone):
     outputs = batched.translate(SENTENCES)
     assert outputs == [alone.translate([s])[0] for s in SENTENCES]  # sorting, batching, padding change nothing
@@ -106,10 +107,12 @@ def test_blank_lines_order_and_batching(batched, alone):
     assert all(_tidy(o) for o in outputs)
 
 
+@pytest.mark.slow
 def test_train_lib_translate_delegates(run, alone):
     assert modes.translate(*run, ["", "five"]) == alone.translate(["", "five"])
 
 
+@pytest.mark.slow
 def test_translations_equal_the_evaluators(run, trained, batched):
     path = os.path.join(run[1], "samples", f"validation_step{trained.step}.jsonl")
     rows = [json.loads(line) for line in open(path, encoding="utf-8")][:8]
@@ -117,6 +120,7 @@ def test_translations_equal_the_evaluators(run, trained, batched):
     assert outputs == [r["hypothesis"] for r in rows]
 
 
+@pytest.mark.slow
 def test_nbest_scores_descend_and_the_first_is_beam_search_best(trained, batched):
     k, sentences = 3, ["five", "", "seven hundred and seventy seven", "twelve"]
     nbest = batched.nbest(sentences, k)
@@ -137,6 +141,7 @@ def test_nbest_scores_descend_and_the_first_is_beam_search_best(trained, batched
     assert (index, rank, text) == ("0", "2", nbest[0][1].text) and float(score) == pytest.approx(nbest[0][1].score)
 
 
+@pytest.mark.slow
 def test_relative_max_length_cuts_each_row(trained):
     short = translation.Translator(_with_decode(trained, max_length_a=0.0, max_length_b=1), batch_size=2)
     outputs = short.translate(SENTENCES[:5])
@@ -154,6 +159,7 @@ def test_relative_max_length_cuts_each_row(trained):
         np.testing.assert_array_equal(row, np.pad(alone, (0, 12 - len(e))))
 
 
+@pytest.mark.slow
 def test_score_equals_a_hand_computation(trained, batched):
     pairs = [("five", "fünf"), None, ("seven hundred and seventy seven", "siebenhundertsiebenundsiebzig"),
              ("twelve", "")]
@@ -222,6 +228,7 @@ def _no_library_warnings(stderr: str) -> None:
     assert not re.search(r"\w+Warning:", stderr), stderr                  # Python warnings
 
 
+@pytest.mark.slow
 def test_cli_stdin_to_stdout(run, alone):
     _, workdir = run
     lines = ["five", "", "seventy two", "  ", "twelve"]
@@ -231,6 +238,7 @@ def test_cli_stdin_to_stdout(run, alone):
     _no_library_warnings(done.stderr)
 
 
+@pytest.mark.slow
 def test_cli_input_and_output_files_nbest(run, alone, tmp_path):
     _, workdir = run
     lines = ["five", "", "twelve"]
@@ -249,6 +257,7 @@ def test_cli_input_and_output_files_nbest(run, alone, tmp_path):
     _no_library_warnings(done.stderr)
 
 
+@pytest.mark.slow
 def test_cli_score_and_a_failed_run(run, alone, tmp_path):
     _, workdir = run
     pairs = [("five", "fünf"), None, ("twelve", "zwölf")]

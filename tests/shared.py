@@ -1,0 +1,29 @@
+"""What one pytest-xdist worker computes once for every worker of a test run.
+
+`shared_once(name, make)` calls `make(directory)` in the first worker that asks and returns the
+directory to every worker; the others wait on a file lock meanwhile. The directory lives under
+$JAXATTN_TEST_SHARED_DIR, which tests/conftest.py makes once per run (the workers inherit it).
+A `make` that raises leaves nothing behind, and the next caller tries again.
+"""
+
+import os
+import shutil
+from collections.abc import Callable
+
+import filelock
+
+__all__ = ["shared_once"]
+
+
+def shared_once(name: str, make: Callable[[str], None]) -> str:
+    """The directory `<shared dir>/<name>`, filled by `make(directory)` exactly once per test run."""
+    root = os.environ["JAXATTN_TEST_SHARED_DIR"]
+    directory = os.path.join(root, name)
+    with filelock.FileLock(os.path.join(root, f"{name}.lock")):
+        if not os.path.isdir(directory):
+            partial = f"{directory}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+            make(partial)
+            os.rename(partial, directory)
+    return directory
