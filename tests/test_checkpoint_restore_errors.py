@@ -62,6 +62,7 @@ def test_damaged_array_file_found_at_restore_is_named(trained, workdir):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.filterwarnings("ignore:Exception ignored:pytest.PytestUnraisableExceptionWarning")
 def test_state_of_another_structure_names_the_arrays_that_differ(trained, workdir, monkeypatch):
     config = _config(trained[1])
     model_config = build.model_config

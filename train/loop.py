@@ -14,6 +14,7 @@ end of the data's epochs, or a stop signal -- then evaluates (unless stopped
 by a signal), saves and returns, on one path.
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -55,11 +56,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR),
                                        config.keep_checkpoints)
         writer = metrics.MetricWriter(workdir)
-        try:
-            return _train(the_run, ckpt, writer, start_time)
-        finally:
-            ckpt.close()
-            writer.close()
+        with contextlib.closing(iter(the_run.datasets.train)) as train_iter:  # closing stops its prefetch thread
+            try:
+                return _train(the_run, ckpt, writer, train_iter, start_time)
+            finally:
+                ckpt.close()  # waits for the last save (the iterator's state included)
+                writer.close()
 
 
 class _Saves:
@@ -107,17 +109,8 @@ def _timed_step(train_step, state, batch, rng, shapes_seen: set) -> tuple[Any, A
     return state, step_metrics, time.time() - start
 
 
-def _train(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.MetricWriter,
+def _train(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.MetricWriter, train_iter,
            start_time: float) -> dict[str, Any]:
-    train_iter = iter(the_run.datasets.train)
-    try:
-        return _train_with(the_run, ckpt, writer, start_time, train_iter)
-    finally:
-        train_iter.close()  # stops its prefetch thread now
-
-
-def _train_with(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.MetricWriter, start_time: float,
-                train_iter) -> dict[str, Any]:
     config, parallel = the_run.config, the_run.parallel
     tick = time.time()
     state, rng, resumed = _start(the_run, ckpt, train_iter)
