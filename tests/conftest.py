@@ -42,14 +42,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one worker more than there are cores. A worker waits part of the time (on the
-    subprocesses it starts, on a run another worker is making for all), and the spare one fills
-    those gaps: `CI=true .ci/run` on 2 cores used 182% CPU with one worker per core."""
-    del config
-    return (os.cpu_count() or 1) + 1
-
-
 # --- Shared fixtures -------------------------------------------------------------------------
 import shutil  # noqa: E402
 
