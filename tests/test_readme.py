@@ -26,6 +26,7 @@ def test_readme_has_python_examples():
     assert len(BLOCKS) >= 2
 
 
+@pytest.mark.slow  # a user's snippets as written: one builds, runs and decodes a Transformer eagerly
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index):
     source = BLOCKS[index]
