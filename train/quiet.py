@@ -62,6 +62,18 @@ def _echo(error: BaseException | None) -> bool:
     return checkpoint.is_disk_full(error) or (DISK_FULL_REPORTED.is_set() and isinstance(error, OSError))
 
 
+def _dropping_echoes(previous):
+    """`previous` (a thread or unraisable hook: its argument has `.exc_value`) behind the echo filter, once."""
+    if getattr(previous, "drops_echoes", False):
+        return previous
+
+    def hook(args) -> None:
+        if not _echo(args.exc_value):
+            previous(args)
+    hook.drops_echoes = True
+    return hook
+
+
 def install() -> None:
     """Installs the absl log filters and the thread / unraisable hooks (each at most once), and gives
     Ctrl-C back to Python (a KeyboardInterrupt that unwinds; see `train.interrupt`)."""
@@ -71,16 +83,5 @@ def install() -> None:
         if not any(isinstance(f, kind) for f in absl_logger.filters):
             absl_logger.addFilter(kind())
 
-    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
-    if not getattr(thread_hook, "drops_echoes", False):
-        def on_thread_error(args) -> None:
-            if not _echo(args.exc_value):
-                thread_hook(args)
-        on_thread_error.drops_echoes = True
-        threading.excepthook = on_thread_error
-    if not getattr(unraisable_hook, "drops_echoes", False):
-        def on_unraisable(unraisable) -> None:
-            if not _echo(unraisable.exc_value):
-                unraisable_hook(unraisable)
-        on_unraisable.drops_echoes = True
-        sys.unraisablehook = on_unraisable
+    threading.excepthook = _dropping_echoes(threading.excepthook)
+    sys.unraisablehook = _dropping_echoes(sys.unraisablehook)

@@ -162,9 +162,8 @@ def trained_run_config(workdir: str, overrides: dict[str, Any],
         if differences:
             raise UserError(f"--config: describes a different model than the run in {workdir!r} "
                             f"({'; '.join(differences[:3])}); leave --config out to use the run's own")
-        config.update_from_flattened_dict({path.rstrip("."): _get(config_file, path.rstrip("."))
-                                           for path in DECODE_TIME_FIELDS
-                                           if _get(config_file, path.rstrip(".")) is not None})
+        given = {path.rstrip("."): _get(config_file, path.rstrip(".")) for path in DECODE_TIME_FIELDS}
+        config.update_from_flattened_dict({path: value for path, value in given.items() if value is not None})
     for path, value in overrides.items():
         if not _decode_time(path) and _plain(_get(config, path)) != _plain(value):
             raise UserError(
