@@ -509,7 +509,7 @@ def check_activate(session: Session, segment: str, command: Command) -> None:
 
 
 def check_pip_install(session: Session, segment: str, command: Command) -> None:
-    """`pip install [-e] .[extras]`: not run (it needs the network; this session's venv was
+    """`[uv] pip install [-e] .[extras]`: not run (it needs the network; this session's venv was
     installed the same way): the target is the checkout and every extra exists."""
     words = shlex.split(segment)
     words = words[words.index("install") + 1:]
@@ -524,12 +524,22 @@ def check_pip_install(session: Session, segment: str, command: Command) -> None:
         assert not missing, f"{segment!r}: extras {sorted(missing)} are not in pyproject.toml"
 
 
+def check_installer(session: Session, segment: str, command: Command) -> None:
+    """`pip install uv`: not run (it needs the network): the test command installs the project with
+    uv, as CI's `.ci/run` does, right after installing it."""
+    segments = list(command.segments)
+    following = segments[segments.index(segment) + 1:]
+    assert following and re.match(r"uv pip install ", following[0]), f"{segment!r}: no `uv pip install` after it"
+    ci = [c.segments for c in split_commands((REPO / ".ci" / "run").read_text())]
+    assert any(segment in c for c in ci), f"{segment!r} is not what .ci/run runs: {ci}"
+
+
 def check_pytest(session: Session, segment: str, command: Command) -> None:
     """`pytest` is this suite (running it from inside itself would recurse): the README's test
     command, from its `pip install` on, must be exactly the one CI runs (`.ci/run`)."""
     segments = list(command.segments)
     end = segments.index(segment)
-    installs = [i for i in range(end) if re.match(r"(python3? -m )?pip install ", segments[i])]
+    installs = [i for i in range(end) if re.match(r"(python3? -m |uv )?pip install ", segments[i])]
     tail = tuple(segments[installs[-1] if installs else end:end + 1])
     ci = [c.segments for c in split_commands((REPO / ".ci" / "run").read_text())]
     assert any(c[-len(tail):] == tail for c in ci), f"{tail} is not what .ci/run runs: {ci}"
@@ -592,7 +602,8 @@ class Rule:
 RULES = (
     Rule("venv", r"^python3? -m venv \S+$", check_venv),
     Rule("activate", r"^(\.|source) \S+/bin/activate$", check_activate),
-    Rule("pip install", r"^(python3? -m )?pip install ", check_pip_install),
+    Rule("installer", r"^pip install uv$", check_installer),
+    Rule("pip install", r"^(python3? -m |uv )?pip install ", check_pip_install),
     Rule("inner loop", r"^pytest -m \"not slow\"$", check_inner_loop),
     Rule("pytest", r"^pytest\b", check_pytest),
     Rule("multi-host, detected", r"python3? -m train\.translate\b.*--config\.distributed\.coordinator_address=auto\b",
