@@ -191,6 +191,19 @@ class Session:
         self._futures: dict[object, concurrent.futures.Future] = {}
         self._fresh = collections.Counter()
         self._workdir_locks: dict[str, threading.Lock] = {}
+        self.background: list[subprocess.Popen] = []  # servers the commands talk to; ended by `close`
+
+    def close(self) -> None:
+        """Ends the background processes (SIGTERM, then SIGKILL after 30 s)."""
+        for process in self.background:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.background:
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
 
     def once(self, key, fn: Callable[[], object]):
         """fn() the first time `key` is asked for (others wait for it); its result or error."""

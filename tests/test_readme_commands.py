@@ -587,6 +587,52 @@ def check_tensorboard(session: Session, segment: str, command: Command) -> None:
     assert "train/loss" in tags, sorted(tags)
 
 
+def _server(session: Session, segment: str) -> int:
+    """The port of the README's `--mode=serve` command `segment`, started once in the background on a
+    free port (its workdir trained first by the README's own command), serving when this returns."""
+    def start() -> int:
+        call = TranslateCall.parse(segment)
+        _ensure_trained(session, call.workdir, segment)
+        port = free_port()
+        process = session.spawn(re.sub(r"--port[= ]\d+", f"--port={port}", segment))
+        session.background.append(process)
+        line = process.stdout.readline()
+        assert re.search(rf"^Serving \w+ \(step \d+\) at http://127\.0\.0\.1:{port}/", line), (
+            line, process.stderr.read() if process.poll() is not None else "")
+        return port
+    return session.once(("serve", segment), start)
+
+
+def run_server(session: Session, segment: str, command: Command) -> None:
+    """`--mode=serve`: starts (once) and answers /health; the README's curl commands talk to it."""
+    port = _server(session, segment)
+    answer = json.loads(session.shell(f"curl -s 127.0.0.1:{port}/health").ok().stdout)
+    assert answer == {"status": "ok"}, answer
+
+
+def run_curl(session: Session, segment: str, command: Command) -> None:
+    """`curl ... localhost:<port>/<route>`: against the README's `--mode=serve` command with that
+    `--port` (started first, on a free port the URL is rewritten to); the answer is JSON, no error."""
+    documented = re.search(r"localhost:(\d+)(/\w*)", segment)
+    assert documented, f"{segment!r}: expected a localhost:<port>/<route> URL"
+    port, route = documented.groups()
+    servers = [s for c in COMMANDS for s in c.segments
+               if rule_for(s) is not None and rule_for(s).run is run_server and re.search(rf"--port[= ]{port}\b", s)]
+    assert servers, f"{segment!r}: no README `--mode=serve` command listens on port {port}"
+    actual = _server(session, servers[0])
+    ran = session.shell(segment.replace(f"localhost:{port}", f"127.0.0.1:{actual}")).ok()
+    answer = json.loads(ran.stdout)
+    assert "error" not in answer, answer
+    expected = {"/translate": "translations", "/score": "scores", "/info": "family", "/health": "status"}
+    assert expected[route] in answer, (route, answer)
+    body = re.search(r"-d '(.*)'", segment)
+    if route == "/translate":
+        sent = json.loads(body.group(1))
+        assert len(answer["translations"]) == len(sent["sentences"]) and all(answer["translations"])
+        assert [len(n) for n in answer.get("nbest", [])] == [sent.get("nbest", 0)] * len(sent["sentences"]) * (
+            "nbest" in sent)
+
+
 def _training_segments() -> list[str]:
     return [s for c in COMMANDS for s in c.segments if rule_for(s) is not None and rule_for(s).run is run_training]
 
@@ -610,7 +656,9 @@ RULES = (
          run_multihost_auto),
     Rule("multi-host, explicit", r"python3? -m train\.translate\b.*--config\.distributed\.coordinator_address=\S",
          run_multihost_explicit),
+    Rule("serve", r"python3? -m train\.translate\b.*--mode[= ]serve\b", run_server, waits=True),
     Rule("trained run", r"python3? -m train\.translate\b.*--mode[= ]\w", run_on_trained_run, waits=True),
+    Rule("curl", r"^curl -s localhost:\d+/", run_curl, waits=True),
     Rule("train", r"(^|\s)python3? -m train\.translate\b", run_training),
     Rule("python -c", r"^python3? -c ", run_python_c),
     Rule("write a file", r"^(printf|echo|cat) .*[^>]>\s*[\w./-]+$", run_file_writer),
@@ -660,14 +708,17 @@ def session(tmp_path_factory, request):
     catalog.prepare_builder(TINY_DATASET, str(session.tfds))  # once, before commands run concurrently
     selected = [item.callspec.params["command"] for item in request.session.items
                 if item.module is request.module and getattr(item, "originalname", "") == "test_readme_command"]
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: each worker runs its own share lazily
-        yield session
-        return
-    selected.sort(key=lambda c: any(r is not None and r.waits for r in map(rule_for, c.segments)))
-    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="readme") as pool:
-        for command in selected:
-            pool.submit(run_command, session, command)
-        yield session
+    try:
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: each worker runs its own share lazily
+            yield session
+            return
+        selected.sort(key=lambda c: any(r is not None and r.waits for r in map(rule_for, c.segments)))
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="readme") as pool:
+            for command in selected:
+                pool.submit(run_command, session, command)
+            yield session
+    finally:
+        session.close()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[

@@ -32,7 +32,7 @@ DECODE_TIME_FIELDS = (
     "decode.", "data.eval_splits", "data.eval_max_examples", "data.eval_batch_size", "data.data_dir",
     "data.test_file", "data.test_source_file", "data.test_target_file", "num_samples", "num_heatmaps",
     "progress_bar", "compute_dtype", "parallel", "distributed.", "compilation_cache_dir",
-    "average_last_checkpoints",
+    "average_last_checkpoints", "serve.",
 )
 
 
@@ -169,6 +169,6 @@ def trained_run_config(workdir: str, overrides: dict[str, Any],
             raise UserError(
                 f"--config.{path}: got {value!r}, but the run in {workdir!r} was trained with {_get(config, path)!r}; "
                 "eval/translate may only change decode-time settings (decode.*, data.eval_splits, data.test_*, "
-                "data.data_dir, compute_dtype, parallel): train a new model in a new --workdir to change it")
+                "data.data_dir, compute_dtype, parallel, serve.*): train a new model in a new --workdir to change it")
     config.update_from_flattened_dict({p: v for p, v in overrides.items() if _decode_time(p)})
     return config

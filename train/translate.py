@@ -9,14 +9,17 @@ r"""Train, evaluate and translate: `python -m train.translate`.
     echo "nine thousand and one" | python -m train.translate --mode=translate
     python -m train.translate --mode=translate --input_file=in.txt --output_file=out.txt --nbest=4
     printf 'five\tfünf\n' | python -m train.translate --mode=score   # log P(target | source)
+    python -m train.translate --workdir=runs/default --mode=serve --port=8000  # HTTP API + explorer page
 
-A thin entry: flags -> config -> `train.loop` (training) or `train.modes` (eval,
-translate, score), which notebooks and tests import directly. Bad input ends with one `error: ...` line and exit status 1,
+A thin entry: flags -> config -> `train.loop` (training), `train.modes` (eval,
+translate, score) or `train.server` (serve), which notebooks and tests import directly. Bad input ends with one `error: ...` line and exit status 1,
 with nothing in the workdir overwritten.
 """
 
+import logging
 import os
 import sys
+import time
 
 from train import interrupt
 
@@ -43,9 +46,10 @@ except (AttributeError, KeyError) as _e:
           file=sys.stderr)
     sys.exit(1)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Run directory (vocabulary, checkpoints, metrics).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate", "score"],
-                          "train (resumes automatically), eval a checkpoint, translate sentences, or score "
-                          "source<TAB>target pairs (log-probabilities).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate", "score", "serve"],
+                          "train (resumes automatically), eval a checkpoint, translate sentences, score "
+                          "source<TAB>target pairs (log-probabilities), or serve the model over HTTP with "
+                          "the attention explorer page.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", list(run.CHECKPOINT_CHOICES),
                                 "Checkpoint used by --mode=eval / translate / score.")
 _SENTENCES = flags.DEFINE_multi_string("sentence", [], "Sentence to translate (repeatable); default: "
@@ -57,6 +61,9 @@ _OUTPUT_FILE = flags.DEFINE_string("output_file", "", "Where translate / score w
 _NBEST = flags.DEFINE_integer("nbest", 0, "translate: K > 0 prints K lines per input line, "
                               "line<TAB>rank<TAB>score<TAB>translation (beam size max(K, decode.beam_size)).",
                               lower_bound=0)
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on (0.0.0.0: every interface).")
+_PORT = flags.DEFINE_integer("port", 8000, "serve: the TCP port (0: a free one, printed at start-up).",
+                             lower_bound=0, upper_bound=65535)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "translate / score: sentences per batch "
                                    "(0 = config.data.eval_batch_size).", lower_bound=0)
 
@@ -102,9 +109,22 @@ def _run() -> int:
         summary = modes.evaluate(config, workdir, _CHECKPOINT.value)
         for split in summary["eval_splits"]:
             print(_summary_line(summary, split))
+    elif _MODE.value == "serve":
+        _serve(config, workdir)
     else:
         _translate_or_score(config, workdir)
     return 0
+
+
+def _serve(config: ml_collections.ConfigDict, workdir: str) -> None:
+    from train import server, serving  # noqa: PLC0415  (the HTTP libraries, for this mode only)
+
+    server.bind(_HOST.value, _PORT.value).close()  # a taken port is said before the model loads
+    service = serving.Service(modes.load_trained(config, workdir, _CHECKPOINT.value), workdir, _CHECKPOINT.value)
+    start = time.perf_counter()
+    shapes = service.warm_up()
+    logging.info("Compiled %d shapes in %.1f s", shapes, time.perf_counter() - start)
+    server.serve(service, _HOST.value, _PORT.value, announce=lambda line: print(line, flush=True))
 
 
 def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None:

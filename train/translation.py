@@ -96,44 +96,71 @@ class Translator:
       batch_size: rows per batch; 0 = `config.data.eval_batch_size`.
       progress: a tqdm bar on stderr while batches run (tqdm hides it when stderr is no
         terminal; never shown for a single batch).
+      row_sizes: the batch heights a batch may have (each is padded to the smallest that holds
+        it; the largest replaces `batch_size`): a server compiles these few shapes up front.
+        None: powers of two up to `batch_size`.
     """
 
-    def __init__(self, trained: Any, batch_size: int = 0, progress: bool = False):
+    def __init__(self, trained: Any, batch_size: int = 0, progress: bool = False,
+                 row_sizes: Sequence[int] | None = None):
         if batch_size < 0:
             raise UserError(f"batch_size: got {batch_size}, expected >= 0 (0 = data.eval_batch_size)")
+        if row_sizes is not None and (not row_sizes or min(row_sizes) < 1):
+            raise UserError(f"row_sizes: got {tuple(row_sizes)}, expected batch heights >= 1")
         self.config = trained.config
         self._model, self._params, self._tokenizers = trained.model, trained.params, trained.tokenizers
-        self._batch_size = batch_size or self.config.data.eval_batch_size
+        self._row_sizes = tuple(sorted(set(row_sizes))) if row_sizes is not None else None
+        self._batch_size = self._row_sizes[-1] if self._row_sizes else batch_size or self.config.data.eval_batch_size
         self._progress = progress
+        self._decoders: dict[tuple, Callable] = {}
 
-    @functools.cached_property
-    def _decode(self) -> Callable[[Any, Any], jax.Array]:
-        return evaluation.make_decode_fn(self._model, self.config.decode)
+    def decode_config(self, **overrides: Any) -> ml_collections.ConfigDict:
+        """The run's `config.decode` with `overrides` (decode-time fields: strategy, beam_size, ...)."""
+        decode_config = ml_collections.ConfigDict(self.config.decode.to_dict())
+        decode_config.update(overrides)
+        return decode_config
+
+    def _decoder(self, decode_config: ml_collections.ConfigDict, return_all: bool = False) -> Callable:
+        """One compiled decode function per decode settings (kept: a server sees the same few)."""
+        key = (tuple(sorted(decode_config.to_dict().items())), return_all)
+        if key not in self._decoders:
+            self._decoders[key] = evaluation.make_decode_fn(self._model, decode_config, return_all=return_all)
+        return self._decoders[key]
 
     @functools.cached_property
     def _score(self) -> Callable[[Any, Any, Any], tuple[jax.Array, jax.Array]]:
         return jax.jit(functools.partial(sequence_log_probs, self._model))
 
-    def translate(self, sentences: Sequence[str]) -> list[str]:
-        """Translations of `sentences` with `config.decode`, in order ("" for a blank sentence)."""
-        def run(batch):
-            tokens = np.asarray(self._decode(self._params, batch["inputs"]))          # [B, T']
-            return self._tokenizers.target.decode_batch(tokens)
-        return self._map_sources(sentences, run, blank="")
+    def translate(self, sentences: Sequence[str], decode_config: ml_collections.ConfigDict | None = None
+                  ) -> list[str]:
+        """Translations of `sentences` with `decode_config` (default `config.decode`), in order ("" for
+        a blank sentence)."""
+        text = self._tokenizers.target.decode
+        return ["" if row is None else text(row) for row in self.decode_rows(sentences, decode_config)]
 
-    def nbest(self, sentences: Sequence[str], k: int) -> list[list[Hypothesis]]:
+    def decode_rows(self, sentences: Sequence[str], decode_config: ml_collections.ConfigDict | None = None
+                    ) -> list[np.ndarray | None]:
+        """The decoded ids [T'] of each sentence (padded after its eos; None for a blank sentence)."""
+        decode = self._decoder(decode_config or self.config.decode)
+
+        def run(batch):
+            return list(np.asarray(decode(self._params, batch["inputs"])))            # B x [T']
+        return self._map_sources(sentences, run, blank=None)
+
+    def nbest(self, sentences: Sequence[str], k: int, decode_config: ml_collections.ConfigDict | None = None
+              ) -> list[list[Hypothesis]]:
         """The `k` best beam-search hypotheses of each sentence, best first.
 
         Beam search with beam size max(k, `decode.beam_size`) whatever `decode.strategy` says,
-        and the run's alpha and length limits. Hypotheses that do not end within the sentence's
-        length limit come last, cut at the limit, with score -inf; so do empty ones where the
-        search finished fewer than k, and the k of a blank sentence.
+        and the run's alpha and length limits (or those of `decode_config`). Hypotheses that do
+        not end within the sentence's length limit come last, cut at the limit, with score -inf;
+        so do empty ones where the search finished fewer than k, and the k of a blank sentence.
         """
         if k < 1:
             raise UserError(f"nbest: got {k}, expected >= 1")
-        decode_config = ml_collections.ConfigDict(self.config.decode.to_dict())
+        decode_config = ml_collections.ConfigDict((decode_config or self.config.decode).to_dict())
         decode_config.update(strategy="beam", beam_size=max(k, decode_config.beam_size))
-        decode = evaluation.make_decode_fn(self._model, decode_config, return_all=True)
+        decode = self._decoder(decode_config, return_all=True)
         text = self._tokenizers.target.decode
 
         def run(batch):
@@ -171,14 +198,31 @@ class Translator:
             out[i] = result
         return out
 
+    def compile_shape(self, rows: int, length: int) -> None:
+        """Runs translation (the run's decode settings) and scoring once on a [rows, length] batch, so
+        that requests of that shape find them compiled (a server does this before the first)."""
+        batch = np.full((rows, length), self._model.config.eos_id, np.int32)       # only the shape counts
+        jax.block_until_ready(self._decoder(self.config.decode)(self._params, batch))
+        jax.block_until_ready(self._score(self._params, batch, batch))
+
+    def rows_for(self, count: int) -> int:
+        """The batch height for `count` examples: no more rows than needed (a few sentences stay
+        a small batch): the smallest row size that holds them, else a power of two above."""
+        if self._row_sizes:
+            return next((r for r in self._row_sizes if r >= count), self._row_sizes[-1])
+        return min(self._batch_size, 1 << (count - 1).bit_length())
+
+    def lengths_for(self, longest: int) -> tuple[int, ...]:
+        """The padded lengths a batch whose longest row has `longest` tokens may get."""
+        return _bucket_lengths(self.config.data, longest)
+
     def _map(self, examples: list[dict[str, np.ndarray]], run: Callable) -> list:
         """`run(batch)` over length-sorted batches of `examples`; one result per example, in order."""
         if not examples:
             return []
         longest = max(max(len(e["inputs"]), len(e["targets"])) for e in examples)
-        # No more rows than a power of two above the count: a few sentences stay a small batch.
-        rows = min(self._batch_size, 1 << (len(examples) - 1).bit_length())
-        batches = batching.eval_batches(examples, lengths=_bucket_lengths(self.config.data, longest),
+        rows = self.rows_for(len(examples))
+        batches = batching.eval_batches(examples, lengths=self.lengths_for(longest),
                                         batch_size=rows)
         out: list[Any] = [None] * len(examples)
         show = self._progress and len(batches) > 1

@@ -50,6 +50,8 @@ the model with `config.replace(capture_attention=True)` and ask for the
     #    "cross": [L, B, N, T, S]}
     # What a heatmap shows, per model: model.attention_map(state["intermediates"]) ->
     #   [B, N, T, S] (RNN: N = 1), or None for a model without attention.
+    # Every kind, per model: model.attention_maps(state["intermediates"]) ->
+    #   {kind: [L, B, N, rows, cols]} (RNN: {"alignment": [1, B, 1, T, S]} or {}).
 
 For a decoded sentence, run this teacher-forced pass on (inputs, decoded tokens).
 """

@@ -13,7 +13,7 @@ The probability comes from `sampling_prob=` or, in training, from the module's
 "metrics" collection's "sampling_probability".
 
 Trainer-facing interface (shared with `Transformer`, see `jaxattn.models`):
-`__call__`, `encode`, `decode`, `init_cache`, `decode_step`, `attention_map`.
+`__call__`, `encode`, `decode`, `init_cache`, `decode_step`, `attention_map`, `attention_maps`.
 """
 from __future__ import annotations
 
@@ -183,3 +183,11 @@ class RNNSeq2Seq(nn.Module):
         if "alignment" not in intermediates:
             return None
         return intermediates["alignment"][0][:, None]  # [B, 1, T, S]
+
+    def attention_maps(self, intermediates):
+        """Every captured attention by kind: {"alignment": [1, B, 1, T, S]} ({} without attention).
+
+        The interface is `Transformer.attention_maps`'s (one layer, one head).
+        """
+        weights = self.attention_map(intermediates)
+        return {} if weights is None else {"alignment": weights[None]}

@@ -294,6 +294,10 @@ class Transformer(nn.Module):
         cross = collect_attention_weights(intermediates).get("cross")
         return None if cross is None else cross[-1]  # [B, N, T, S]
 
+    def attention_maps(self, intermediates):
+        """Every captured attention by kind, [L, B, N, rows, cols] each: `collect_attention_weights`."""
+        return collect_attention_weights(intermediates)
+
 
 def collect_attention_weights(intermediates):
     """Stacks sown Transformer attention weights per kind for plotting.

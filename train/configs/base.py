@@ -73,4 +73,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # k > 1: the final evaluation (and --checkpoint=average) uses the mean parameters of the last k
     # checkpoints (Vaswani et al. 2017 sec. 6.1: last 5); needs keep_checkpoints >= k
     config.average_last_checkpoints = 0
+
+    # --- Serving (`--mode=serve`; each may be changed at serve time) ---------------------------
+    config.serve = ml_collections.ConfigDict()
+    config.serve.max_sentences = 64  # sentences in one request (more: a 413 answer)
+    config.serve.max_sentence_chars = 1000  # characters in one sentence (more: a 413 answer)
+    config.serve.max_nbest = 8  # largest n-best list a request may ask for
+    # Batch heights compiled at start-up, for every length bucket; requests that arrive together
+    # are decoded as one batch of up to the largest
+    config.serve.row_sizes = (1, 8, 32)
+    config.serve.batch_wait_ms = 5.0  # how long a request waits for others to share its batch
     return config
