@@ -20,6 +20,8 @@ from train import build, modes, saved_config, serving
 from train.configs import rnn_bahdanau, rnn_plain
 from train.translation import Translator
 
+pytestmark = pytest.mark.slow  # a trained model served end to end (see pyproject.toml's markers)
+
 SENTENCES = ["forty two", "", "seven hundred and one", "three"]
 
 

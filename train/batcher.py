@@ -5,8 +5,9 @@
 
 `run_batch(key, items) -> results` (one result per item, in order) is the blocking model call; it
 runs on one worker thread, one batch at a time, so the accelerator is never shared between
-threads. The first request of a batch waits at most `wait_s` for others (fewer once `max_items`
-items are in); while a batch runs, new requests queue and go together into the next one.
+threads. The first request of a batch waits at most `wait_s` for others, and no longer once
+`max_items` items are in (a request is never split: one larger than that is a batch alone); while
+a batch runs, new requests queue and go together into the next one.
 Requests are merged only when their `key` is equal (e.g. the same decode settings); a failing
 batch fails each of its requests with the same exception.
 """
@@ -75,12 +76,13 @@ class Batcher:
             waiting = [await self._queue.get()]
             deadline = loop.time() + self._wait_s
             while sum(len(r.items) for r in waiting) < self._max_items:
+                if not self._queue.empty():  # queued while the last batch ran: no waiting for these
+                    waiting.append(self._queue.get_nowait())
+                    continue
                 try:
-                    waiting.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
+                    waiting.append(await asyncio.wait_for(self._queue.get(), max(deadline - loop.time(), 0.0)))
                 except TimeoutError:
                     break
-            while not self._queue.empty():  # whatever queued meanwhile rides along
-                waiting.append(self._queue.get_nowait())
             groups: dict[Hashable, list[_Request]] = {}
             for request in waiting:
                 groups.setdefault(request.key, []).append(request)
