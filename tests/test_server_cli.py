@@ -1,5 +1,5 @@
 """`python -m train.translate --mode=serve` as a user runs it: it answers exactly what `--mode=translate`
-and `--mode=score` print, and SIGTERM answers the request in flight and exits 0."""
+and `--mode=score` print, and SIGTERM or Ctrl-C answers the request in flight and exits 0."""
 
 import math
 import os
@@ -66,7 +66,8 @@ def test_answers_what_the_command_line_prints(server, tiny_run):
     assert proc.poll() is None
 
 
-def test_sigterm_answers_the_request_in_flight_and_exits_0(server):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(server, signum):
     proc, url = server
     answers = []
     # Beam search with an n-best of 8 is not compiled at start-up: this request takes a while.
@@ -74,7 +75,7 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(server):
     thread = threading.Thread(target=lambda: answers.append(call(url, "/translate", body)))
     thread.start()
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     thread.join(timeout=120)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]

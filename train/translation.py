@@ -217,13 +217,22 @@ class Translator:
         return _bucket_lengths(self.config.data, longest)
 
     def _map(self, examples: list[dict[str, np.ndarray]], run: Callable) -> list:
-        """`run(batch)` over length-sorted batches of `examples`; one result per example, in order."""
+        """`run(batch)` over length-sorted batches of `examples`; one result per example, in order.
+
+        Each length bucket is batched on its own (a batch is as short as its longest row, and a
+        decode runs until its longest row ends), its batch height `rows_for` its size."""
         if not examples:
             return []
-        longest = max(max(len(e["inputs"]), len(e["targets"])) for e in examples)
-        rows = self.rows_for(len(examples))
-        batches = batching.eval_batches(examples, lengths=self.lengths_for(longest),
-                                        batch_size=rows)
+        sizes = [max(len(e["inputs"]), len(e["targets"])) for e in examples]
+        lengths = self.lengths_for(max(sizes))
+        buckets: dict[int, list[int]] = {}
+        for i, size in enumerate(sizes):
+            buckets.setdefault(int(np.searchsorted(lengths, size)), []).append(i)
+        batches = []
+        for members in buckets.values():
+            for batch, index in batching.eval_batches([examples[i] for i in members], lengths=lengths,
+                                                      batch_size=self.rows_for(len(members))):
+                batches.append((batch, np.where(index >= 0, np.asarray(members)[np.maximum(index, 0)], -1)))
         out: list[Any] = [None] * len(examples)
         show = self._progress and len(batches) > 1
         with tqdm.tqdm(total=len(examples), unit="sentence", file=sys.stderr,
