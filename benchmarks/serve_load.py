@@ -3,20 +3,23 @@
 
     python -m benchmarks.serve_load --workdir=runs/small --input_file=sentences.txt
     python -m benchmarks.serve_load --workdir=runs/small --input_file=sentences.txt --clients 1 8 32 \\
-        --requests=400 --seconds=120 --output=runs/serve_load.md
+        --requests=96 --seconds=20 --repeats=3 --set decode.strategy=greedy --output=runs/serve_load.md
 
 The server runs as a user starts it (`python -m train.translate --mode=serve --port=0`, 127.0.0.1
 only). Each client sends one sentence a request, the next when the answer is back, cycling through
 `--input_file`; a level ends after `--requests` requests or `--seconds`, whichever comes first. The
 direct baseline translates the same sentences one call per sentence (`Translator.translate([s])`),
 then 32 a call, in this process while the server is idle. Latency is per request (per call for the
-baseline); every figure is the median of `--repeats` runs of the level. Failed requests (non-200
-or no answer) are counted and reported; the script exits 1 if there is any.
+baseline); every figure is the median of `--repeats` runs of the level. `--set FIELD=VALUE`
+changes a decode-time field for both (as `--config.FIELD=VALUE` would). Failed requests (non-200
+or no answer) are counted and reported, and so is how the server exits after SIGTERM; the script
+exits 1 if a request failed or the server did not exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import json
 import os
@@ -73,13 +76,15 @@ def load_level(url: str, sentences: list[str], clients: int, requests: int, seco
             "p50_ms": 1000 * _percentile(latencies, 0.5), "p95_ms": 1000 * _percentile(latencies, 0.95)}
 
 
-def direct(workdir: str, sentences: list[str], requests: int, batch: int, repeats: int) -> list[dict]:
+def direct(workdir: str, sentences: list[str], requests: int, batch: int, repeats: int,
+           overrides: dict[str, str]) -> list[dict]:
     """The Translator in this process, `batch` sentences a call, `repeats` runs."""
     from train import modes, saved_config  # noqa: PLC0415
     from train.translation import Translator  # noqa: PLC0415
 
-    translator = Translator(modes.load_trained(saved_config.trained_run_config(workdir, {}), workdir),
-                            batch_size=batch)
+    typed = {key: _literal(value) for key, value in overrides.items()}
+    config = saved_config.trained_run_config(workdir, typed)  # decode-time fields only, as on the command line
+    translator = Translator(modes.load_trained(config, workdir), batch_size=batch)
     for rows in sorted({translator.rows_for(n) for n in range(1, batch + 1)}):  # compile every shape first,
         for length in translator.lengths_for(0):                                 # as the server does
             translator.compile_shape(rows, length)
@@ -99,11 +104,19 @@ def _direct_run(translator, sentences: list[str], requests: int, batch: int) -> 
             "p50_ms": 1000 * _percentile(latencies, 0.5), "p95_ms": 1000 * _percentile(latencies, 0.95)}
 
 
-def start_server(workdir: str) -> tuple[subprocess.Popen, str, float]:
+def _literal(value: str):
+    """"4" -> 4, "0.6" -> 0.6, "(1,)" -> (1,), "greedy" -> "greedy"."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def start_server(workdir: str, overrides: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
     """The server as a user starts it; (process, base URL, seconds until it served)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "train.translate", f"--workdir={workdir}", "--mode=serve",
-                             "--port=0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--port=0", *(f"--config.{k}={v}" for k, v in overrides.items())], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     match = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
     if not match:
@@ -127,16 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per level and run (at most)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each level; the median is reported")
     parser.add_argument("--output", default="", help="markdown file for the table (default: stdout only)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="decode-time config field for the server and the direct calls, e.g. decode.strategy=greedy")
     args = parser.parse_args(argv)
     with open(args.input_file, encoding="utf-8") as f:
         sentences = [line.strip() for line in f if line.strip()]
     if not sentences:
         parser.error(f"--input_file: {args.input_file!r} has no sentences")
 
-    rows = {"direct, 1 sentence a call": _median_level(direct(args.workdir, sentences, args.requests, 1, args.repeats)),
+    overrides = dict(item.split("=", 1) for item in args.set)
+    rows = {"direct, 1 sentence a call": _median_level(
+                direct(args.workdir, sentences, args.requests, 1, args.repeats, overrides)),
             "direct, 32 sentences a call": _median_level(
-                direct(args.workdir, sentences, args.requests, 32, args.repeats))}
-    proc, url, startup = start_server(args.workdir)
+                direct(args.workdir, sentences, args.requests, 32, args.repeats, overrides))}
+    proc, url, startup = start_server(args.workdir, overrides)
     try:
         sent = time.perf_counter()
         _post(url + "/translate", {"sentences": sentences[:1]})  # shapes compiled at start-up: as fast as any

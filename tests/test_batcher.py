@@ -46,23 +46,46 @@ def test_requests_arriving_together_share_one_call_and_keys_never_mix():
     assert len(record.threads) == 1 and threading.get_ident() not in record.threads  # one model thread
 
 
-def test_the_wait_is_bounded_and_a_full_batch_goes_at_once():
+def test_a_lone_request_never_waits_and_a_full_batch_goes_at_once():
     record = Recorder()
 
     async def main():
-        batcher = Batcher(record, wait_s=0.05, max_items=2)
+        batcher = Batcher(record, wait_s=5.0, max_items=2)
         start = time.perf_counter()
         alone = await batcher.submit("k", [1])
         waited = time.perf_counter() - start
         start = time.perf_counter()
         full = await asyncio.gather(batcher.submit("k", [2, 3]), batcher.submit("k", [4]))
         await batcher.close()
-        return alone, waited, full
+        return alone, waited, full, time.perf_counter() - start
 
-    alone, waited, full = _run(main())
-    assert alone == ["k:1"] and 0.04 <= waited < 2.0
-    assert full == [["k:2", "k:3"], ["k:4"]]
+    alone, waited, full, took = _run(main())
+    assert alone == ["k:1"] and waited < 1.0  # nobody else was on the way: no 5 s wait
+    assert full == [["k:2", "k:3"], ["k:4"]] and took < 1.0
     assert record.calls[1] == ("k", [2, 3])  # max_items reached: it did not wait for the third
+
+
+def test_the_wait_for_a_late_request_is_bounded():
+    record = Recorder()
+
+    async def main():
+        batcher = Batcher(record, wait_s=0.2, max_items=100)
+
+        async def late():
+            await asyncio.sleep(0.6)
+            return await batcher.submit("k", [2])
+        await asyncio.gather(batcher.submit("k", [0]), batcher.submit("k", [0]))  # load: a shared batch
+        started = time.perf_counter()
+        first = asyncio.create_task(batcher.submit("k", [1]))
+        second = asyncio.create_task(late())
+        answers = [await first, time.perf_counter() - started, await second]
+        await batcher.close()
+        return answers
+
+    first, waited, second = _run(main())
+    assert first == ["k:1"] and second == ["k:2"]
+    assert 0.15 <= waited < 0.55  # under load it waited for company (`wait_s`), not for the late one
+    assert [items for _, items in record.calls] == [[0, 0], [1], [2]]
 
 
 def test_requests_queued_during_a_batch_go_together_into_the_next():

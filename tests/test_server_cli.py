@@ -102,7 +102,7 @@ def test_load_benchmark_runs_and_counts_failures(tiny_run, tmp_path):
     output = tmp_path / "load.md"
     ran = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", f"--workdir={tiny_run[0]}",
                           f"--input_file={sentences}", "--clients", "1", "4", "--requests=8", "--seconds=60",
-                          "--repeats=1", f"--output={output}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          "--repeats=1", "--set=decode.max_length_b=8", f"--output={output}"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]
     table = output.read_text(encoding="utf-8")
     assert table in ran.stdout

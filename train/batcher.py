@@ -5,9 +5,10 @@
 
 `run_batch(key, items) -> results` (one result per item, in order) is the blocking model call; it
 runs on one worker thread, one batch at a time, so the accelerator is never shared between
-threads. The first request of a batch waits at most `wait_s` for others, and no longer once
-`max_items` items are in (a request is never split: one larger than that is a batch alone); while
-a batch runs, new requests queue and go together into the next one.
+threads. Requests queued while a batch runs go together into the next one. Under load (the last
+batch held several requests) the first request of a batch also waits at most `wait_s` for others,
+no longer once `max_items` items are in; a lone client never waits.
+A request is never split: one larger than `max_items` is a batch alone.
 Requests are merged only when their `key` is equal (e.g. the same decode settings); a failing
 batch fails each of its requests with the same exception.
 """
@@ -49,6 +50,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._task: asyncio.Task | None = None
+        self._shared = False  # whether the last batch held more than one request: there is load
         self.stats = BatchStats()
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
@@ -79,6 +81,8 @@ class Batcher:
                 if not self._queue.empty():  # queued while the last batch ran: no waiting for these
                     waiting.append(self._queue.get_nowait())
                     continue
+                if not self._shared:  # no load (the last batch was one request): go now
+                    break
                 try:
                     waiting.append(await asyncio.wait_for(self._queue.get(), max(deadline - loop.time(), 0.0)))
                 except TimeoutError:
@@ -86,6 +90,7 @@ class Batcher:
             groups: dict[Hashable, list[_Request]] = {}
             for request in waiting:
                 groups.setdefault(request.key, []).append(request)
+            self._shared = len(waiting) > 1
             for key, requests in groups.items():
                 await self._run(key, requests)
 

@@ -82,5 +82,5 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Batch heights compiled at start-up, for every length bucket; requests that arrive together
     # are decoded as one batch of up to the largest
     config.serve.row_sizes = (1, 8, 32)
-    config.serve.batch_wait_ms = 5.0  # how long a request waits for others to share its batch
+    config.serve.batch_wait_ms = 5.0  # under load, how long a batch's first request waits for others
     return config
