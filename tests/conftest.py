@@ -74,6 +74,15 @@ def tiny_run_copy(tiny_run, tmp_path) -> str:
     return workdir
 
 
+@pytest.fixture(scope="module")
+def tiny_run_reader(tiny_run, tmp_path_factory) -> str:
+    """A copy of `tiny_run`'s workdir for one test file's readers (eval, translate, serve): reading a
+    run leaves a snapshot directory in it while it reads, which another worker's copy would catch."""
+    workdir = str(tmp_path_factory.mktemp("tiny_run_reader") / "run")
+    shutil.copytree(tiny_run[0], workdir)
+    return workdir
+
+
 # --- Scheduling ------------------------------------------------------------------------------
 # pytest-xdist hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`):
 # the longest files go first, so that no worker sits idle while another finishes a long file at the

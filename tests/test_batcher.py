@@ -137,3 +137,25 @@ def test_call_runs_on_the_model_thread_between_batches():
 def test_bad_settings_are_refused(wait_s, max_items):
     with pytest.raises(ValueError, match="wait_s, max_items"):
         Batcher(Recorder(), wait_s=wait_s, max_items=max_items)
+
+
+def test_a_batch_waits_for_a_request_still_being_read():
+    record = Recorder()
+
+    async def main():
+        batcher = Batcher(record, wait_s=2.0, max_items=100)
+
+        async def slow_reader():
+            with batcher.arriving():
+                await asyncio.sleep(0.2)  # reading its body
+                return await batcher.submit("k", [2])
+        second = asyncio.create_task(slow_reader())
+        await asyncio.sleep(0)
+        with batcher.arriving():
+            first = await batcher.submit("k", [1])
+        answers = [first, await second]
+        await batcher.close()
+        return answers
+
+    assert _run(main()) == [["k:1"], ["k:2"]]
+    assert record.calls == [("k", [1, 2])]  # one batch: the first waited for the one on its way

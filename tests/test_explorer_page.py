@@ -34,10 +34,10 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_run):
+def url(tiny_run_reader):
     from train import saved_config  # noqa: PLC0415
 
-    vocab = modes.load_trained(saved_config.trained_run_config(tiny_run[0], {}), tiny_run[0])
+    vocab = modes.load_trained(saved_config.trained_run_config(tiny_run_reader, {}), tiny_run_reader)
     config = tiny()
     config.model.update(num_encoder_layers=2, num_decoder_layers=2)
     model = build.build_model(config, vocab.model.config.vocab_size)

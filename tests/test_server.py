@@ -1,7 +1,7 @@
 """`--mode=serve` in this process: the JSON API over real HTTP on 127.0.0.1, batching, bad input,
 and the attention maps of each model family.
 
-The session's tiny trained Transformer (`tiny_run`) is served by uvicorn on a thread; answers are
+A copy of the session's tiny trained Transformer (`tiny_run_reader`) is served by uvicorn on a thread; answers are
 checked against `train.translation.Translator`, which `--mode=translate` / `--mode=score` print
 (tests/test_server_cli.py checks the printed lines themselves, and the page in a browser).
 """
@@ -26,14 +26,15 @@ SENTENCES = ["forty two", "", "seven hundred and one", "three"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_run):
-    config = saved_config.trained_run_config(tiny_run[0], {"serve.row_sizes": (1, 8), "serve.batch_wait_ms": 100.0})
-    return modes.load_trained(config, tiny_run[0])
+def trained(tiny_run_reader):
+    config = saved_config.trained_run_config(tiny_run_reader, {"serve.row_sizes": (1, 8),
+                                                               "serve.batch_wait_ms": 100.0})
+    return modes.load_trained(config, tiny_run_reader)
 
 
 @pytest.fixture(scope="module")
-def service(trained, tiny_run):
-    service = serving.Service(trained, tiny_run[0])
+def service(trained, tiny_run_reader):
+    service = serving.Service(trained, tiny_run_reader)
     assert service.warm_up() == 2 * 2 + 1  # 2 row sizes x 1 length bucket x (translate, score) + attention
     return service
 

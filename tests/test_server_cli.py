@@ -30,8 +30,8 @@ def _cli(*args, stdin=""):
 
 
 @pytest.fixture
-def server(tiny_run):
-    proc = subprocess.Popen([sys.executable, "-m", "train.translate", f"--workdir={tiny_run[0]}", "--mode=serve",
+def server(tiny_run_reader):
+    proc = subprocess.Popen([sys.executable, "-m", "train.translate", f"--workdir={tiny_run_reader}", "--mode=serve",
                              "--port=0", ROWS], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -44,9 +44,9 @@ def server(tiny_run):
         proc.communicate()
 
 
-def test_answers_what_the_command_line_prints(server, tiny_run):
+def test_answers_what_the_command_line_prints(server, tiny_run_reader):
     proc, url = server
-    workdir = f"--workdir={tiny_run[0]}"
+    workdir = f"--workdir={tiny_run_reader}"
     printed = _cli(workdir, "--mode=translate", stdin="\n".join(SENTENCES) + "\n")
     assert printed.returncode == 0, printed.stderr
     assert call(url, "/translate", {"sentences": SENTENCES})[1]["translations"] == printed.stdout.splitlines()
@@ -86,21 +86,21 @@ def test_a_stop_signal_answers_the_request_in_flight_and_exits_0(server, signum)
         call(url, "/health", timeout=5)
 
 
-def test_a_taken_port_is_one_line(tiny_run):
+def test_a_taken_port_is_one_line(tiny_run_reader):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        ran = _cli(f"--workdir={tiny_run[0]}", "--mode=serve", f"--port={taken.getsockname()[1]}")
+        ran = _cli(f"--workdir={tiny_run_reader}", "--mode=serve", f"--port={taken.getsockname()[1]}")
     assert ran.returncode == 1
     assert ran.stderr.strip().splitlines()[-1].startswith("error: --host/--port: cannot listen on 127.0.0.1:")
     assert len([line for line in ran.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
-def test_load_benchmark_runs_and_counts_failures(tiny_run, tmp_path):
+def test_load_benchmark_runs_and_counts_failures(tiny_run_reader, tmp_path):
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("forty two\nseven hundred and one\n\nthree\n", encoding="utf-8")
     output = tmp_path / "load.md"
-    ran = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", f"--workdir={tiny_run[0]}",
+    ran = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", f"--workdir={tiny_run_reader}",
                           f"--input_file={sentences}", "--clients", "1", "4", "--requests=8", "--seconds=60",
                           "--repeats=1", "--set=decode.max_length_b=8", f"--output={output}"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]

@@ -5,9 +5,10 @@
 
 `run_batch(key, items) -> results` (one result per item, in order) is the blocking model call; it
 runs on one worker thread, one batch at a time, so the accelerator is never shared between
-threads. Requests queued while a batch runs go together into the next one. Under load (the last
-batch held several requests) the first request of a batch also waits at most `wait_s` for others,
-no longer once `max_items` items are in; a lone client never waits.
+threads. Requests queued while a batch runs go together into the next one. When others are on
+their way (handlers inside `arriving()` that have not submitted yet) or under load (the last batch
+held several requests), the first request of a batch also waits at most `wait_s` for them, no
+longer once `max_items` items are in; a lone client never waits.
 A request is never split: one larger than `max_items` is a batch alone.
 Requests are merged only when their `key` is equal (e.g. the same decode settings); a failing
 batch fails each of its requests with the same exception.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -51,7 +53,18 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._task: asyncio.Task | None = None
         self._shared = False  # whether the last batch held more than one request: there is load
+        self._arriving = 0  # requests being read by their handlers (`arriving`) and not yet answered
         self.stats = BatchStats()
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Wraps a request handler from its start: while it reads and checks its request, a batch
+        starting meanwhile waits (at most `wait_s`) for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Runs `fn(*args)` on the model thread, between batches (for work that is not batched)."""
@@ -81,7 +94,7 @@ class Batcher:
                 if not self._queue.empty():  # queued while the last batch ran: no waiting for these
                     waiting.append(self._queue.get_nowait())
                     continue
-                if not self._shared:  # no load (the last batch was one request): go now
+                if not self._shared and self._arriving <= len(waiting):  # nobody else on the way: go now
                     break
                 try:
                     waiting.append(await asyncio.wait_for(self._queue.get(), max(deadline - loop.time(), 0.0)))

@@ -49,15 +49,21 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _json_body(request: Request, limit: int) -> Any:
-    """The request's JSON body, read up to `limit` bytes."""
+    """The request's JSON body, read up to `limit` bytes (a longer one is read to its end, up to 16
+    times that, and refused: a client still sending its body would miss the answer)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > 16 * limit:
         raise RequestError(f"body: {int(declared)} bytes, more than this server takes ({limit})", 413)
-    body = bytearray()
+    body, size = bytearray(), 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(f"body: more than this server takes ({limit} bytes)", 413)
+        size += len(chunk)
+        if size > 16 * limit:
+            break
+        if size <= limit:
+            body += chunk
+    if size > limit:
+        raise RequestError(f"body: {size if size <= 16 * limit else 'over ' + str(16 * limit)} bytes, more than "
+                           f"this server takes ({limit})", 413)
     if not body.strip():
         raise RequestError("body: empty, expected a JSON object")
     try:
@@ -80,16 +86,18 @@ def make_app(service: Service) -> Starlette:
         return state["batcher"]
 
     async def translate(request: Request) -> JSONResponse:
-        checked = service.translate_request(await _json_body(request, body_limit))
-        results = await batcher().submit(checked.key, checked.items)
+        with batcher().arriving():
+            checked = service.translate_request(await _json_body(request, body_limit))
+            results = await batcher().submit(checked.key, checked.items)
         answer = {"translations": [r["translation"] for r in results]}
         if checked.key[1]:
             answer["nbest"] = [r["nbest"] for r in results]
         return JSONResponse(answer)
 
     async def score(request: Request) -> JSONResponse:
-        checked = service.score_request(await _json_body(request, body_limit))
-        return JSONResponse({"scores": await batcher().submit(checked.key, checked.items)})
+        with batcher().arriving():
+            checked = service.score_request(await _json_body(request, body_limit))
+            return JSONResponse({"scores": await batcher().submit(checked.key, checked.items)})
 
     async def attention(request: Request) -> JSONResponse:
         sentence, nbest, decode_config = service.attention_request(await _json_body(request, body_limit))
