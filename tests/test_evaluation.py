@@ -52,5 +52,5 @@ def test_within_limits_ranks_what_fits_and_pads_with_the_given_id():
 @pytest.mark.parametrize("pad_id, eos_id", [(PAD_ID, EOS_ID), (1, 9)])
 def test_until_eos_strips_padding_and_cuts_after_the_first_eos(pad_id, eos_id):
     ids = np.asarray([5, pad_id, eos_id, 6, eos_id, pad_id])
-    np.testing.assert_array_equal(evaluation._until_eos(ids, pad_id=pad_id, eos_id=eos_id), [5, eos_id])
-    np.testing.assert_array_equal(evaluation._until_eos(ids[:2], pad_id=pad_id, eos_id=eos_id), [5])
+    np.testing.assert_array_equal(evaluation.until_eos(ids, pad_id=pad_id, eos_id=eos_id), [5, eos_id])
+    np.testing.assert_array_equal(evaluation.until_eos(ids[:2], pad_id=pad_id, eos_id=eos_id), [5])

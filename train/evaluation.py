@@ -33,6 +33,7 @@ __all__ = [
     "eval_loss",
     "decode_eval_set",
     "attention_maps",
+    "until_eos",
     "write_samples",
     "write_heatmaps",
 ]
@@ -188,13 +189,14 @@ def decode_eval_set(
                 "reference": reference,
                 "hypothesis": tokenizers.target.decode(tokens[r]),
                 "inputs": batch["inputs"][r][batch["inputs"][r] != PAD_ID],
-                "tokens": _until_eos(tokens[r], pad_id=PAD_ID, eos_id=EOS_ID),
+                "tokens": until_eos(tokens[r], pad_id=PAD_ID, eos_id=EOS_ID),
             })
     rows.sort(key=lambda row: row["index"])
     return rows
 
 
-def _until_eos(ids: np.ndarray, *, pad_id: int, eos_id: int) -> np.ndarray:
+def until_eos(ids: np.ndarray, *, pad_id: int, eos_id: int) -> np.ndarray:
+    """A decoded row's ids up to and including its first eos (padding dropped)."""
     ids = ids[ids != pad_id]
     ends = np.nonzero(ids == eos_id)[0]
     return ids[: ends[0] + 1] if ends.size else ids

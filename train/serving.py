@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxattn.models import build_model, count_params
 from train.data.tokenizer import pad_rows
+from train.evaluation import until_eos
 from train.translation import Translator
 
 __all__ = ["RequestError", "Request", "Service", "DECODE_OPTIONS"]
@@ -36,6 +37,7 @@ __all__ = ["RequestError", "Request", "Service", "DECODE_OPTIONS"]
 DECODE_OPTIONS = {"strategy": str, "beam_size": int, "alpha": float, "max_length": int,
                   "max_length_a": float, "max_length_b": int}
 STRATEGIES = ("greedy", "beam")
+_KIND_NAMES = {str: "string", list: "list"}
 # What each kind of attention relates, (rows, columns), in the order the explorer lists them.
 KIND_AXES = {"cross": ("target", "source"), "alignment": ("target", "source"),
              "encoder_self": ("source", "source"), "decoder_self": ("target", "target")}
@@ -104,24 +106,21 @@ class Service:
                                413 if nbest > 0 else 400)
         return nbest
 
-    def _sentence(self, value: Any, where: str) -> str:
-        if not isinstance(value, str):
-            raise RequestError(f"{where}: got {type(value).__name__}, expected a string")
-        if len(value) > self.limits.max_sentence_chars:
-            raise RequestError(f"{where}: {len(value)} characters, more than serve.max_sentence_chars="
-                               f"{self.limits.max_sentence_chars}", 413)
+    def _sized(self, value: Any, where: str, kind: type, limit: str, unit: str) -> Any:
+        """`value` if it is a `kind` no longer than `serve.<limit>` (in `unit`s), else the 4xx that says so."""
+        if not isinstance(value, kind):
+            raise RequestError(f"{where}: got {type(value).__name__}, expected a {_KIND_NAMES[kind]}")
+        if len(value) > self.limits[limit]:
+            raise RequestError(f"{where}: {len(value)} {unit}, more than serve.{limit}={self.limits[limit]}", 413)
         return value
+
+    def _sentence(self, value: Any, where: str) -> str:
+        return self._sized(value, where, str, "max_sentence_chars", "characters")
 
     def _list(self, body: dict, name: str) -> list:
         if name not in body:
             raise RequestError(f"{name}: missing, expected a list")
-        values = body[name]
-        if not isinstance(values, list):
-            raise RequestError(f"{name}: got {type(values).__name__}, expected a list")
-        if len(values) > self.limits.max_sentences:
-            raise RequestError(f"{name}: {len(values)} items, more than serve.max_sentences="
-                               f"{self.limits.max_sentences}", 413)
-        return values
+        return self._sized(body[name], name, list, "max_sentences", "items")
 
     @staticmethod
     def _only(body: Any, allowed: set[str]) -> dict:
@@ -176,11 +175,11 @@ class Service:
         """The translation of `sentence` and every attention map behind it, for the explorer page."""
         tok = self.trained.tokenizers
         (row,) = self.translator.decode_rows([sentence], decode_config)
-        target = row[: int(np.argmax(row == self.trained.model.config.eos_id)) + 1] if (
-            row == self.trained.model.config.eos_id).any() else row[row != self.trained.model.config.pad_id]
+        ids = self.trained.model.config
+        target = until_eos(row, pad_id=ids.pad_id, eos_id=ids.eos_id)
         source = tok.source.encode(sentence)
-        length = next(n for n in self.translator.lengths_for(max(len(source), len(target), 1))
-                      if n >= max(len(source), len(target), 1))
+        longest = max(len(source), len(target), 1)
+        length = next(n for n in self.translator.lengths_for(longest) if n >= longest)
         maps = jax.device_get(self._attention(self.trained.params, pad_rows([source], length),
                                               pad_rows([target], length)))
         sizes = {"source": len(source), "target": len(target)}
