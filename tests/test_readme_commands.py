@@ -346,6 +346,11 @@ def run_on_trained_run(session: Session, segment: str, command: Command) -> None
         assert summaries and summaries[0]["split"] == "validation", ran.stdout[-2000:]
         assert all(s["workdir"] == call.workdir and s["steps"] == str(TINY_RUN["num_train_steps"]) for s in summaries)
         return
+    if mode == "export":
+        output = session.checkout / call.flag("output_dir")
+        assert {"model.bin", "config.json", "source.model", "target.model"} <= set(os.listdir(output)), output
+        assert ran.stdout.startswith(f"Exported transformer (step {TINY_RUN['num_train_steps']}) as ctranslate2 to ")
+        return
     if call.flag("input_file"):
         inputs = (session.checkout / call.flag("input_file")).read_text(encoding="utf-8").splitlines()
     else:
@@ -364,6 +369,19 @@ def run_on_trained_run(session: Session, segment: str, command: Command) -> None
         # Exactly one line per input line, in order; a blank input line gives a blank line.
         assert len(output) == len(inputs), (inputs, output)
         assert all(out == "" for line, out in zip(inputs, output) if not line.strip()), (inputs, output)
+        if any(name == "align" for name, _ in call.flags):  # translation<TAB>links
+            for line, out in zip(inputs, output):
+                if line.strip():
+                    translation, links = out.split("\t")
+                    _check_links(links, line, translation)
+    elif mode == "align":
+        # One line of Pharaoh links per source<TAB>target line; a blank line gives a blank line.
+        assert len(output) == len(inputs), (inputs, output)
+        for line, out in zip(inputs, output):
+            if not line.strip():
+                assert out == "", (line, out)
+            else:
+                _check_links(out, *line.split("\t"))
     elif mode == "score":
         # total<TAB>mean log P(target | source) per line (<= 0); a blank line gives a blank line.
         assert len(output) == len(inputs), (inputs, output)
@@ -374,6 +392,14 @@ def run_on_trained_run(session: Session, segment: str, command: Command) -> None
                 assert re.fullmatch(rf"{FLOAT}\t{FLOAT}", out) and float(out.split("\t")[0]) <= 0, (line, out)
     else:
         pytest.fail(f"no check for --mode={mode} in tests/test_readme_commands.py ({segment!r}): add one")
+
+
+def _check_links(links: str, source: str, target: str) -> None:
+    """Pharaoh `i-j` pairs, sorted: one source word per target word of `target`, within `source`."""
+    pairs = [tuple(map(int, p.split("-"))) for p in links.split()]
+    assert all(re.fullmatch(r"\d+-\d+", p) for p in links.split()) and pairs == sorted(pairs), links
+    assert sorted(j for _, j in pairs) == list(range(len(target.split()))), (links, target)
+    assert all(i < len(source.split()) for i, _ in pairs), (links, source)
 
 
 def _run_hosts(session: Session, texts: list[str], envs: list[dict], cwd: pathlib.Path) -> list[Ran]:

@@ -32,7 +32,7 @@ DECODE_TIME_FIELDS = (
     "decode.", "data.eval_splits", "data.eval_max_examples", "data.eval_batch_size", "data.data_dir",
     "data.test_file", "data.test_source_file", "data.test_target_file", "num_samples", "num_heatmaps",
     "progress_bar", "compute_dtype", "parallel", "distributed.", "compilation_cache_dir",
-    "average_last_checkpoints", "serve.",
+    "average_last_checkpoints", "serve.", "align.",
 )
 
 

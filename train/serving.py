@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxattn.models import build_model, count_params
+from jaxattn.models import count_params
+from train.attention_pass import attention_pass
 from train.data.tokenizer import pad_rows
 from train.evaluation import until_eos
 from train.translation import Translator
@@ -75,12 +76,7 @@ class Service:
         self.trained, self.workdir, self.checkpoint_name = trained, workdir, checkpoint_name
         self.limits = trained.config.serve
         self.translator = Translator(trained, row_sizes=tuple(self.limits.row_sizes))
-        capture = build_model(trained.model.config.replace(capture_attention=True))
-
-        def attention(params, inputs, targets):  # [1, L] each -> {kind: [L, 1, N, rows, cols]}
-            _, state = capture.apply({"params": params}, inputs, targets, train=False, mutable=["intermediates"])
-            return capture.attention_maps(state.get("intermediates", {}))
-        self._attention = jax.jit(attention)
+        self._attention = attention_pass(trained.model)  # [1, L] each -> {kind: [L, 1, N, rows, cols]}
 
     # --- Checking requests -------------------------------------------------------------------
 

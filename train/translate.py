@@ -10,9 +10,13 @@ r"""Train, evaluate and translate: `python -m train.translate`.
     python -m train.translate --mode=translate --input_file=in.txt --output_file=out.txt --nbest=4
     printf 'five\tfünf\n' | python -m train.translate --mode=score   # log P(target | source)
     python -m train.translate --workdir=runs/default --mode=serve --port=8000  # HTTP API + explorer page
+    printf 'forty two\tzweiundvierzig\n' | python -m train.translate --mode=align   # Pharaoh word links
+    python -m train.translate --mode=translate --sentence="forty two" --align       # translation<TAB>links
+    python -m train.translate --mode=export --format=ctranslate2 --output_dir=runs/default_ct2
 
 A thin entry: flags -> config -> `train.loop` (training), `train.modes` (eval,
-translate, score) or `train.server` (serve), which notebooks and tests import directly. Bad input ends with one `error: ...` line and exit status 1,
+translate, score), `train.align` (align), `train.export` (export) or `train.server` (serve),
+which notebooks and tests import directly. Bad input ends with one `error: ...` line and exit status 1,
 with nothing in the workdir overwritten.
 """
 
@@ -31,7 +35,7 @@ import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from train import cli, loop, modes, run, saved_config, sharding, translation  # noqa: E402
+from train import align, cli, loop, modes, run, saved_config, sharding, translation  # noqa: E402
 from train.errors import UserError  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "transformer.py")
@@ -46,18 +50,23 @@ except (AttributeError, KeyError) as _e:
           file=sys.stderr)
     sys.exit(1)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Run directory (vocabulary, checkpoints, metrics).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate", "score", "serve"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "translate", "score", "align", "serve", "export"],
                           "train (resumes automatically), eval a checkpoint, translate sentences, score "
-                          "source<TAB>target pairs (log-probabilities), or serve the model over HTTP with "
-                          "the attention explorer page.")
+                          "source<TAB>target pairs (log-probabilities), align them (Pharaoh word links from "
+                          "attention), serve the model over HTTP with the attention explorer page, or export "
+                          "it for another inference engine.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", list(run.CHECKPOINT_CHOICES),
-                                "Checkpoint used by --mode=eval / translate / score.")
+                                "Checkpoint used by --mode=eval / translate / score / align / serve / export.")
 _SENTENCES = flags.DEFINE_multi_string("sentence", [], "Sentence to translate (repeatable); default: "
                                        "--input_file, else stdin lines.")
-_INPUT_FILE = flags.DEFINE_string("input_file", "", "translate: sentences, one a line; score: source<TAB>target "
-                                  "lines. Default: stdin.")
-_OUTPUT_FILE = flags.DEFINE_string("output_file", "", "Where translate / score write, one line per input line "
-                                   "(replaced only when the run succeeds). Default: stdout.")
+_INPUT_FILE = flags.DEFINE_string("input_file", "", "translate: sentences, one a line; score / align: "
+                                  "source<TAB>target lines. Default: stdin.")
+_OUTPUT_FILE = flags.DEFINE_string("output_file", "", "Where translate / score / align write, one line per input "
+                                   "line (replaced only when the run succeeds). Default: stdout.")
+_ALIGN = flags.DEFINE_bool("align", False, "translate: add a TAB and the word alignment of each translation "
+                           "(Pharaoh i-j pairs, as --mode=align prints them; settings config.align.*).")
+_FORMAT = flags.DEFINE_enum("format", "ctranslate2", ["ctranslate2"], "export: the format written.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "export: the directory written (must not exist yet).")
 _NBEST = flags.DEFINE_integer("nbest", 0, "translate: K > 0 prints K lines per input line, "
                               "line<TAB>rank<TAB>score<TAB>translation (beam size max(K, decode.beam_size)).",
                               lower_bound=0)
@@ -111,6 +120,8 @@ def _run() -> int:
             print(_summary_line(summary, split))
     elif _MODE.value == "serve":
         _serve(config, workdir)
+    elif _MODE.value == "export":
+        _export(config, workdir)
     else:
         _translate_or_score(config, workdir)
     return 0
@@ -127,26 +138,58 @@ def _serve(config: ml_collections.ConfigDict, workdir: str) -> None:
     server.serve(service, _HOST.value, _PORT.value, announce=lambda line: print(line, flush=True))
 
 
+def _export(config: ml_collections.ConfigDict, workdir: str) -> None:
+    from train import export  # noqa: PLC0415  (the exporter's library, for this mode only)
+
+    if not _OUTPUT_DIR.value:
+        raise UserError("--output_dir: missing, expected the directory to write the exported model to")
+    export.check_output_dir(_OUTPUT_DIR.value)
+    trained = modes.load_trained(config, workdir, _CHECKPOINT.value)
+    export.export(trained, _OUTPUT_DIR.value, _FORMAT.value)
+    print(f"Exported {config.model.family} (step {trained.step}) as {_FORMAT.value} to {_OUTPUT_DIR.value}")
+
+
 def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None:
     """One output line per input line (`--nbest`: K), written only once all are computed."""
-    score = _MODE.value == "score"
-    if score and (_SENTENCES.value or _NBEST.value):
-        raise UserError("--sentence / --nbest: for --mode=translate; --mode=score reads source<TAB>target lines "
-                        "from --input_file or stdin")
+    mode = _MODE.value
+    if mode != "translate" and (_SENTENCES.value or _NBEST.value or _ALIGN.value):
+        raise UserError(f"--sentence / --nbest / --align: for --mode=translate; --mode={mode} reads "
+                        "source<TAB>target lines from --input_file or stdin")
     if _SENTENCES.value and _INPUT_FILE.value:
         raise UserError("--sentence, --input_file: got both, expected one of them (or stdin)")
     translation.check_output_file(_OUTPUT_FILE.value)
     lines = list(_SENTENCES.value) or translation.read_lines(_INPUT_FILE.value)
-    pairs = translation.parse_pairs(lines, _INPUT_FILE.value or "stdin") if score else None
+    pairs = translation.parse_pairs(lines, _INPUT_FILE.value or "stdin") if mode != "translate" else None
     translator = translation.Translator(modes.load_trained(config, workdir, _CHECKPOINT.value),
                                         _BATCH_SIZE.value, progress=bool(_INPUT_FILE.value) and config.progress_bar)
-    if score:
+    aligner = _aligner(translator) if mode == "align" or _ALIGN.value else None
+    if mode == "score":
         out = translation.score_lines(translator.score(pairs))
+    elif mode == "align":
+        out = ["" if links is None else align.pharaoh(links) for links in aligner.align(pairs)]
     elif _NBEST.value:
-        out = translation.nbest_lines(translator.nbest(lines, _NBEST.value))
+        nbest = translator.nbest(lines, _NBEST.value)
+        out = translation.nbest_lines(nbest)
+        if aligner:
+            hypotheses = [(line, h.text) if line.strip() else None for line, hs in zip(lines, nbest) for h in hs]
+            out = [f"{row}\t{_links(links)}" for row, links in zip(out, aligner.align(hypotheses))]
     else:
         out = translator.translate(lines)
+        if aligner:
+            pairs = [(line, text) if line.strip() else None for line, text in zip(lines, out)]
+            out = [f"{text}\t{_links(links)}" if links is not None else "" for text, links in
+                   zip(out, aligner.align(pairs))]
     translation.write_lines(out, _OUTPUT_FILE.value)
+
+
+def _aligner(translator: translation.Translator) -> "align.Aligner":
+    aligner = align.Aligner(translator.trained, translator=translator)
+    logging.info("Word alignments from %s", aligner.describe())
+    return aligner
+
+
+def _links(links: list | None) -> str:
+    return "" if links is None else align.pharaoh(links)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ class Translator:
             raise UserError(f"batch_size: got {batch_size}, expected >= 0 (0 = data.eval_batch_size)")
         if row_sizes is not None and (not row_sizes or min(row_sizes) < 1):
             raise UserError(f"row_sizes: got {tuple(row_sizes)}, expected batch heights >= 1")
-        self.config = trained.config
+        self.trained, self.config = trained, trained.config
         self._model, self._params, self._tokenizers = trained.model, trained.params, trained.tokenizers
         self._row_sizes = tuple(sorted(set(row_sizes))) if row_sizes is not None else None
         self._batch_size = self._row_sizes[-1] if self._row_sizes else batch_size or self.config.data.eval_batch_size
@@ -171,15 +171,20 @@ class Translator:
 
     def score(self, pairs: Sequence[tuple[str, str] | None]) -> list[Score | None]:
         """log P(target | source) of each (source, target) pair, in order (None for None)."""
+        def run(batch):
+            total, count = jax.device_get(self._score(self._params, batch["inputs"], batch["targets"]))
+            return [Score(float(t), float(t) / max(int(n), 1)) for t, n in zip(total, count)]  # n = 0: padding row
+        return self.map_pairs(pairs, run)
+
+    def map_pairs(self, pairs: Sequence[tuple[str, str] | None], run: Callable[[dict], Sequence[Any]]) -> list:
+        """`run(batch)` over the encoded (source, target) pairs, batched as scoring batches them
+        (`batch["inputs"]` [B, L], `batch["targets"]` [B, L], eos-ended, 0-padded): one result per
+        pair, in order, None for a None pair."""
         tok = self._tokenizers
         keep = [i for i, pair in enumerate(pairs) if pair is not None]
         examples = [{"inputs": tok.source.encode(pairs[i][0]), "targets": tok.target.encode(pairs[i][1])}
                     for i in keep]
-
-        def run(batch):
-            total, count = jax.device_get(self._score(self._params, batch["inputs"], batch["targets"]))
-            return [Score(float(t), float(t) / max(int(n), 1)) for t, n in zip(total, count)]  # n = 0: padding row
-        out: list[Score | None] = [None] * len(pairs)
+        out: list[Any] = [None] * len(pairs)
         for i, result in zip(keep, self._map(examples, run)):
             out[i] = result
         return out

@@ -83,4 +83,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # are decoded as one batch of up to the largest
     config.serve.row_sizes = (1, 8, 32)
     config.serve.batch_wait_ms = 5.0  # under load, how long a batch's first request waits for others
+
+    # --- Word alignments (`--mode=align`, `--mode=translate --align`; train.align) -------------
+    config.align = ml_collections.ConfigDict()
+    config.align.layer = -1  # Transformer: the decoder layer whose cross-attention aligns (-1: the last)
+    config.align.heads = ()  # Transformer: the heads averaged (empty: all of them)
+    config.align.subwords = "sum"  # a word's weight on a source word: "sum" or "max" over its pieces
     return config

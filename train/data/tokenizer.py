@@ -159,6 +159,9 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 
+    def piece_to_id(self, piece: str) -> int:
+        return self._sp.piece_to_id(piece)
+
 
 @dataclasses.dataclass(frozen=True)
 class Tokenizers:
