@@ -49,6 +49,12 @@ def test_links_take_each_target_words_heaviest_source_word_in_pharaoh_order():
     assert pairs == [(0, 1), (1, 0), (1, 2)]
     assert align.pharaoh(pairs) == "0-1 1-0 1-2"
     assert align.links(np.zeros((0, 3))) == [] and align.pharaoh([]) == ""
+    weights = np.array([[0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])  # [J, I]: source word 0 weighs most in target word 1
+    assert align.links(weights, "source") == [(0, 1), (1, 2)]
+    assert align.links(weights, "union") == [(0, 1), (1, 0), (1, 2)]
+    assert align.links(weights, "intersection") == [(0, 1), (1, 2)]
+    with pytest.raises(UserError, match=r"align.method: got 'grow'"):
+        align.links(weights, "grow")
 
 
 def test_alignment_error_rate_is_och_and_neys():
@@ -103,7 +109,7 @@ def test_aligner_gives_one_link_per_target_word(trained):
 
 @pytest.mark.slow
 def test_layer_and_heads_are_checked_and_chosen(trained):
-    settings = ml_collections.ConfigDict({"layer": 0, "heads": (1,), "subwords": "max"})
+    settings = ml_collections.ConfigDict({"layer": 0, "heads": (1,), "subwords": "max", "method": "target"})
     aligner = align.Aligner(trained, settings)
     pair = ("forty two", "zweiundvierzig")
     maps = aligner.maps([pair])[0]
@@ -113,7 +119,8 @@ def test_layer_and_heads_are_checked_and_chosen(trained):
     np.testing.assert_allclose(aligner.word_weights(pair, maps), expected)
     for field, value, message in [("layer", 1, r"align.layer: got 1, expected -1 to 0"),
                                   ("heads", (2,), r"align.heads: got \(2,\), expected heads 0 to 1"),
-                                  ("subwords", "first", r"align.subwords: got 'first'")]:
+                                  ("subwords", "first", r"align.subwords: got 'first'"),
+                                  ("method", "grow", r"align.method: got 'grow'")]:
         bad = ml_collections.ConfigDict(settings.to_dict())
         bad[field] = value
         with pytest.raises(UserError, match=message):
@@ -148,3 +155,15 @@ def test_command_line_align_and_translate_align(tiny_run_reader):
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
         "error: --sentence / --nbest / --align: for --mode=translate; --mode=align reads source<TAB>target "
         "lines from --input_file or stdin")
+
+
+def test_gold_links_of_number_lists():
+    from train.experiments.alignment import gold_links, score  # noqa: PLC0415
+
+    gold = gold_links("twenty one then five then three hundred", "einundzwanzig dann fünf dann dreihundert")
+    assert gold == {(0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (6, 4)}
+    assert gold_links("seven", "sieben") == {(0, 0)}
+    with pytest.raises(ValueError, match="2 vs 1 numbers"):
+        gold_links("one then two", "eins")
+    result = score([{(0, 0), (1, 1)}], [{(0, 0), (1, 0)}])
+    assert result == {"aer": 0.5, "precision": 0.5, "recall": 0.5}

@@ -163,3 +163,19 @@ def test_readme_example_runs_on_an_export(trained, exported, tmp_path, monkeypat
         "beam_size=4", f"beam_size=4, length_penalty={decode_config.alpha}, max_decoding_length={limit}")
     words = lambda text: " ".join(text.split())  # noqa: E731  (SentencePiece spaces unknown pieces apart)
     assert [words(t) for t in run(exact)] == [words(t) for t in translator.translate(sentences, decode_config)]
+
+
+def test_speed_benchmark_runs(tiny_run_reader, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{number_to_words(n, 'en')}\t{number_to_words(n, 'de')}\n" for n in range(3, 300, 37)),
+                     encoding="utf-8")
+    output = tmp_path / "speed.md"
+    ran = subprocess.run([sys.executable, "-m", "benchmarks.ctranslate2_speed", f"--workdir={tiny_run_reader}",
+                          f"--input_file={pairs}", "--sentences=6", "--repeats=1", "--threads", "1",
+                          "--engines=jaxattn,ctranslate2-float32", f"--output={output}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    rows = [line.split(" | ") for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("| ")][1:]
+    assert [(r[0], r[2]) for r in rows] == [("| greedy", "jaxattn"), ("| greedy", "ctranslate2-float32"),
+                                            ("| beam 4", "jaxattn"), ("| beam 4", "ctranslate2-float32")]
+    assert all(float(r[3]) > 0 and r[-1] == "100.0% |" for r in rows), rows  # float32 gives jaxattn's words

@@ -16,9 +16,11 @@ Attention was introduced as a soft alignment (Bahdanau et al. 2014, Fig. 3); fai
    them: a piece that starts with "▁" starts a word. The weight of target word j on source word i
    is the mean, over j's pieces, of the sum (`align.subwords="sum"`: the attention mass on the
    word) or the max ("max") of their weights on i's pieces. The eos row and column are dropped.
-3. **Links.** Each target word links to the source word of largest weight (one link per target
-   word, as fairseq and Marian print them), written in the Pharaoh format: `i-j` pairs of 0-based
-   source-target word indices, sorted, space-separated.
+3. **Links.** By default (`align.method="target"`) each target word links to the source word of
+   largest weight (one link per target word, as fairseq and Marian print them); "source" links each
+   source word to the target word that weighs it most, "union" and "intersection" combine the two.
+   Written in the Pharaoh format: `i-j` pairs of 0-based source-target word indices, sorted,
+   space-separated.
 
 `alignment_error_rate` is Och & Ney's (2003) AER against sure and possible gold links.
 """
@@ -37,10 +39,11 @@ from train.attention_pass import attention_pass
 from train.errors import UserError
 from train.translation import Translator
 
-__all__ = ["SUBWORDS", "ALIGN_KINDS", "Aligner", "word_index", "word_weights", "links", "pharaoh",
+__all__ = ["SUBWORDS", "METHODS", "ALIGN_KINDS", "Aligner", "word_index", "word_weights", "links", "pharaoh",
            "alignment_error_rate"]
 
 SUBWORDS = ("sum", "max")
+METHODS = ("target", "source", "union", "intersection")
 # The attention a family aligns with: the Transformer's cross-attention, the attention RNN's alignment.
 ALIGN_KINDS = ("cross", "alignment")
 WORD_START = "\u2581"  # SentencePiece's "▁"
@@ -74,12 +77,21 @@ def word_weights(weights: np.ndarray, source_words: np.ndarray, target_words: np
     return out / np.maximum(np.bincount(target_words, minlength=n_target), 1)[:, None]
 
 
-def links(word_weights_: np.ndarray) -> list[tuple[int, int]]:
-    """[J, I] word weights -> the (source i, target j) link of each target word, sorted."""
+def links(word_weights_: np.ndarray, method: str = "target") -> list[tuple[int, int]]:
+    """[J, I] word weights -> sorted (source i, target j) links.
+
+    method: "target": each target word links to its heaviest source word (one link per target word,
+      as fairseq and Marian print them); "source": each source word to the target word that weighs
+      it most (one link per source word); "union" / "intersection" of the two.
+    """
+    if method not in METHODS:
+        raise UserError(f"align.method: got {method!r}, expected one of {list(METHODS)}")
     if word_weights_.size == 0:
         return []
-    best = np.argmax(word_weights_, axis=1)                                          # [J]
-    return sorted((int(i), j) for j, i in enumerate(best))
+    by_target = {(int(i), j) for j, i in enumerate(np.argmax(word_weights_, axis=1))}
+    by_source = {(i, int(j)) for i, j in enumerate(np.argmax(word_weights_, axis=0))}
+    return sorted({"target": by_target, "source": by_source, "union": by_target | by_source,
+                   "intersection": by_target & by_source}[method])
 
 
 def pharaoh(pairs: Iterable[tuple[int, int]]) -> str:
@@ -136,6 +148,8 @@ class Aligner:
         self.layer, self.head_list = self._selection()
         if self.settings.subwords not in SUBWORDS:
             raise UserError(f"align.subwords: got {self.settings.subwords!r}, expected one of {list(SUBWORDS)}")
+        if self.settings.method not in METHODS:
+            raise UserError(f"align.method: got {self.settings.method!r}, expected one of {list(METHODS)}")
 
     def _selection(self) -> tuple[int, list[int]]:
         layer = int(self.settings.layer)
@@ -183,13 +197,13 @@ class Aligner:
 
     def align(self, pairs: Sequence[tuple[str, str] | None]) -> list[list[tuple[int, int]] | None]:
         """The (source word, target word) links of each pair (None for a None pair)."""
-        return [None if pair is None else links(self.word_weights(pair, m))
+        return [None if pair is None else links(self.word_weights(pair, m), self.settings.method)
                 for pair, m in zip(pairs, self.maps(pairs))]
 
     def describe(self) -> str:
         """Which attention is used, for the log: e.g. "cross-attention of decoder layer 2 of 2, heads 0-3 averaged"."""
+        how = f"subword weights by {self.settings.subwords}, links by {self.settings.method} word"
         if self.kind == "alignment":
-            return f"the RNN's attention, subword weights by {self.settings.subwords}"
+            return f"the RNN's attention, {how}"
         heads = "all heads" if len(self.head_list) == self.heads else f"heads {self.head_list}"
-        return (f"cross-attention of decoder layer {self.layer} (0-based, of {self.layers}), {heads} averaged, "
-                f"subword weights by {self.settings.subwords}")
+        return f"cross-attention of decoder layer {self.layer} (0-based, of {self.layers}), {heads} averaged, {how}"

@@ -89,4 +89,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.align.layer = -1  # Transformer: the decoder layer whose cross-attention aligns (-1: the last)
     config.align.heads = ()  # Transformer: the heads averaged (empty: all of them)
     config.align.subwords = "sum"  # a word's weight on a source word: "sum" or "max" over its pieces
+    # "target": one link per target word (fairseq, Marian); "source": one per source word; "union", "intersection"
+    config.align.method = "target"
     return config

@@ -27,6 +27,7 @@ Bad input (unknown model name, steps < 1, ...) ends with one `error: ...` line a
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -361,24 +362,29 @@ def run_experiment(models: Sequence[str], workdir: str = "", *, steps: int = 0, 
     return report
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "", "Experiment directory; each model trains in <workdir>/<model> "
-                               "(empty: the dataset's, e.g. runs/length_lists).")
-_STEPS = flags.DEFINE_integer("steps", 0, "Common training budget (steps) of every model (0: the dataset's).")
-_MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to train and plot, from {list(MODELS)}.")
-_OUTPUT = flags.DEFINE_string("output", "", "Report path prefix: <output>.png/.json/.md (empty: the dataset's, "
-                              "e.g. docs/length_experiment_lists).")
-_DATASET = flags.DEFINE_string("dataset", DEFAULT_DATASET, f"config.data.dataset of every model, from {list(DATASETS)}.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (empty: the TFDS default).")
-_PROGRESS = flags.DEFINE_bool("progress_bar", True, "Show a tqdm progress bar while training.")
+def _define_flags() -> dict[str, Any]:
+    """The program's flags, defined when it runs (importing this module defines none)."""
+    return {
+        "workdir": flags.DEFINE_string("workdir", "", "Experiment directory; each model trains in "
+                                       "<workdir>/<model> (empty: the dataset's, e.g. runs/length_lists)."),
+        "steps": flags.DEFINE_integer("steps", 0, "Common training budget (steps) of every model (0: the dataset's)."),
+        "models": flags.DEFINE_list("models", list(MODELS), f"Models to train and plot, from {list(MODELS)}."),
+        "output": flags.DEFINE_string("output", "", "Report path prefix: <output>.png/.json/.md (empty: the "
+                                      "dataset's, e.g. docs/length_experiment_lists)."),
+        "dataset": flags.DEFINE_string("dataset", DEFAULT_DATASET,
+                                       f"config.data.dataset of every model, from {list(DATASETS)}."),
+        "data_dir": flags.DEFINE_string("data_dir", "", "TFDS data dir (empty: the TFDS default)."),
+        "progress_bar": flags.DEFINE_bool("progress_bar", True, "Show a tqdm progress bar while training."),
+    }
 
 
-def _run() -> int:
+def _run(flag: dict[str, Any]) -> int:
     command = " ".join(["python -m train.experiments.length", *sys.argv[1:]])
-    settings = dataset_settings(_DATASET.value)
-    workdir, output = _WORKDIR.value or settings.workdir, _OUTPUT.value or settings.output
-    report = run_experiment(_MODELS.value, workdir, steps=_STEPS.value, output=output,
-                            dataset=_DATASET.value, data_dir=_DATA_DIR.value, progress_bar=_PROGRESS.value,
-                            command=command)
+    settings = dataset_settings(flag["dataset"].value)
+    workdir, output = flag["workdir"].value or settings.workdir, flag["output"].value or settings.output
+    report = run_experiment(flag["models"].value, workdir, steps=flag["steps"].value, output=output,
+                            dataset=flag["dataset"].value, data_dir=flag["data_dir"].value,
+                            progress_bar=flag["progress_bar"].value, command=command)
     if report is None:
         print(f"Interrupted; checkpoints saved in {workdir}. Re-run the same command to resume.")
         return 0
@@ -391,4 +397,4 @@ def _run() -> int:
 
 
 if __name__ == "__main__":
-    cli.run(_run)
+    cli.run(functools.partial(_run, _define_flags()))

@@ -28,6 +28,7 @@ __all__ = [
     "check_buckets",
     "source_length",
     "read_predictions",
+    "kept_reading",
     "bucket_scores",
     "plot_length_curves",
     "markdown_tables",
@@ -245,11 +246,17 @@ def write_report(report: Mapping[str, Any], output: str) -> None:
         json.dump(report, f, indent=2, ensure_ascii=False)
         f.write("\n")
     md_path = f"{output}.md"
-    reading = ""
-    if os.path.exists(md_path):  # keep the human reading of the curves across re-runs
-        with open(md_path, encoding="utf-8") as f:
-            text = f.read()
-        start = text.find("\n## Reading")
-        reading = text[start + 1:] if start >= 0 else ""
+    reading = kept_reading(md_path)
     with open(md_path, "w", encoding="utf-8") as f:
         f.write(markdown_report(report, os.path.basename(f"{output}.png"), reading))
+
+
+def kept_reading(md_path: str) -> str:
+    """The text from a "## Reading" heading on in an existing report (a human's reading, kept
+    across re-runs), or ""."""
+    if not os.path.exists(md_path):
+        return ""
+    with open(md_path, encoding="utf-8") as f:
+        text = f.read()
+    start = text.find("\n## Reading")
+    return text[start + 1:] if start >= 0 else ""
