@@ -16,9 +16,11 @@ Attention was introduced as a soft alignment (Bahdanau et al. 2014, Fig. 3); fai
    them: a piece that starts with "▁" starts a word. The weight of target word j on source word i
    is the mean, over j's pieces, of the sum (`align.subwords="sum"`: the attention mass on the
    word) or the max ("max") of their weights on i's pieces. The eos row and column are dropped.
-3. **Links.** By default (`align.method="target"`) each target word links to the source word of
-   largest weight (one link per target word, as fairseq and Marian print them); "source" links each
-   source word to the target word that weighs it most, "union" and "intersection" combine the two.
+3. **Links.** "target" links each target word to the source word of largest weight (one link per
+   target word, as fairseq and Marian print them); "source" links each source word to the target
+   word that weighs it most; "union" (`align.method`'s default: the lowest or nearly lowest AER of
+   every attention in docs/alignment.md, where one word often aligns to several) and "intersection"
+   combine the two.
    Written in the Pharaoh format: `i-j` pairs of 0-based source-target word indices, sorted,
    space-separated.
 
@@ -153,9 +155,10 @@ class Aligner:
 
     def _selection(self) -> tuple[int, list[int]]:
         layer = int(self.settings.layer)
-        if not -self.layers <= layer < self.layers:
-            raise UserError(f"align.layer: got {layer}, expected -{self.layers} to {self.layers - 1} (the model's "
-                            f"{self.kind} attention has {self.layers} layer(s))")
+        if layer >= self.layers:
+            raise UserError(f"align.layer: got {layer}, expected at most {self.layers - 1} (the model's "
+                            f"{self.kind} attention has {self.layers} layer(s); negative counts from the last)")
+        layer = max(layer, -self.layers)  # -2, the penultimate, is the only layer of a one-layer model
         heads = [int(h) for h in self.settings.heads] or list(range(self.heads))
         bad = [h for h in heads if not 0 <= h < self.heads]
         if bad:

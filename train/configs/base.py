@@ -86,9 +86,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # --- Word alignments (`--mode=align`, `--mode=translate --align`; train.align) -------------
     config.align = ml_collections.ConfigDict()
-    config.align.layer = -1  # Transformer: the decoder layer whose cross-attention aligns (-1: the last)
+    # Transformer: the decoder layer whose cross-attention aligns (-2: the penultimate, which aligns best
+    # in docs/alignment.md; negative counts from the last, down to the first)
+    config.align.layer = -2
     config.align.heads = ()  # Transformer: the heads averaged (empty: all of them)
     config.align.subwords = "sum"  # a word's weight on a source word: "sum" or "max" over its pieces
-    # "target": one link per target word (fairseq, Marian); "source": one per source word; "union", "intersection"
-    config.align.method = "target"
+    # "target": one link per target word (fairseq, Marian); "source": one per source word; "union" of both
+    # (the best or nearly best AER in docs/alignment.md); "intersection"
+    config.align.method = "union"
     return config

@@ -1,7 +1,8 @@
 r"""Which attention aligns? Alignment error rate against gold links known exactly.
 
-    python -m train.experiments.length --models=bahdanau,luong,transformer   # the models (~20 min)
-    python -m train.experiments.alignment                                     # -> docs/alignment.md/.json
+    python -m train.experiments.length --models=bahdanau,luong,transformer \
+        --output=runs/length_lists/report               # the models, in runs/length_lists (~20 min, 2 cores)
+    python -m train.experiments.alignment               # -> docs/alignment.md and .json (~2 min)
 
 The models are the length experiment's (`train.experiments.length`: each family's config file, the
 same data, vocabulary, batches and step budget) on `number_lists/long`, where the gold alignment is
