@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {ENGINES}")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated subset of {STRATEGIES}")
     parser.add_argument("--output", default="", help="markdown file for the table (default: stdout only)")
     parser.add_argument("--export_dir", default="", help="an existing export of --workdir (default: export now)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     engines = [e for e in args.engines.split(",") if e]
     if not engines or set(engines) - set(ENGINES):
         parser.error(f"--engines: got {args.engines!r}, expected a comma-separated subset of {','.join(ENGINES)}")
+    strategies = [s for s in args.strategies.split(",") if s]
+    if not strategies or set(strategies) - set(STRATEGIES):
+        parser.error(f"--strategies: got {args.strategies!r}, expected a comma-separated subset of "
+                     f"{','.join(STRATEGIES)}")
     import sacrebleu  # noqa: PLC0415
 
     sources, references = _read_pairs(args.input_file, args.sentences)
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "train.translate", f"--workdir={args.workdir}", "--mode=export",
                             f"--output_dir={export_dir}"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         results = {}
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             for threads in args.threads:
                 for engine in engines:
                     out = os.path.join(scratch, f"{engine}-{strategy}-{threads}.json")
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
              "translates them with the same search and threads.", "",
              "| search | threads | engine | sentences/s | x jaxattn | chrF | agrees with jaxattn |",
              "|---|---:|---|---:|---:|---:|---:|"]
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         for threads in args.threads:
             base = results.get(("jaxattn", strategy, threads))
             base_speed = len(sources) / statistics.median(base["times"]) if base else None
