@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{','.join(STRATEGIES)}")
     import sacrebleu  # noqa: PLC0415
 
+    # The children run in the repository: paths as this process sees them.
+    args.workdir, args.input_file = os.path.abspath(args.workdir), os.path.abspath(args.input_file)
+    args.export_dir = os.path.abspath(args.export_dir) if args.export_dir else ""
+
     sources, references = _read_pairs(args.input_file, args.sentences)
     with tempfile.TemporaryDirectory(prefix="ct2_speed_") as scratch:
         export_dir = args.export_dir
