@@ -86,14 +86,14 @@ def tiny_run_reader(tiny_run, tmp_path_factory) -> str:
 # --- Scheduling ------------------------------------------------------------------------------
 # pytest-xdist hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`):
 # the longest files go first, so that no worker sits idle while another finishes a long file at the
-# end. Seconds per file from `--durations=0` of `CI=true .ci/run` on 2 cores (2026-12-06); a file not
+# end. Seconds per file from `--durations=0` of `CI=true .ci/run` on 2 cores (2026-12-06, c7a2cab); a file not
 # listed runs after these, in the usual order. Only the order changes, never what runs.
 LONGEST_FIRST = (
-    "test_readme_commands.py", "test_notebooks.py", "test_train_e2e.py", "test_train_budgets.py",  # 255 165 139 94
-    "test_server_cli.py",  # the server files by estimate (new on that date)
-    "test_faults.py", "test_decoding.py", "test_experiments_length.py", "test_models_transformer.py",  # 65 62 57 56
-    "test_train_e2e_extensions.py", "test_models_rnn.py", "test_translation.py", "test_server.py",  # 53 51 44
-    "test_train_steps.py", "test_explorer_page.py",  # 37
+    "test_readme_commands.py", "test_notebooks.py", "test_train_e2e.py", "test_server_cli.py",  # 272 143 141 82
+    "test_train_budgets.py", "test_models_transformer.py", "test_decoding.py", "test_models_rnn.py",  # 80 59 59 55
+    "test_experiments_length.py", "test_faults.py", "test_train_e2e_extensions.py", "test_export.py",  # 54 54 53 41
+    "test_translation.py", "test_train_bad_input.py", "test_server.py", "test_train_steps.py",  # 40 35 31 26
+    "test_train_multihost.py", "test_align.py",  # 26 24
 )
 
 
