@@ -86,8 +86,8 @@ def tiny_run_reader(tiny_run, tmp_path_factory) -> str:
 # --- Scheduling ------------------------------------------------------------------------------
 # pytest-xdist hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`):
 # the longest files go first, so that no worker sits idle while another finishes a long file at the
-# end. Seconds per file from `--durations=0` of `CI=true .ci/run` on 2 cores (2026-12-06, c7a2cab); a file not
-# listed runs after these, in the usual order. Only the order changes, never what runs.
+# end. Seconds per file from `--durations=0` of `CI=true .ci/run` on 2 cores (2026-12-06, c7a2cab); a
+# file not listed runs after these, in the usual order. Only the order changes, never what runs.
 LONGEST_FIRST = (
     "test_readme_commands.py", "test_notebooks.py", "test_train_e2e.py", "test_server_cli.py",  # 272 143 141 82
     "test_train_budgets.py", "test_models_transformer.py", "test_decoding.py", "test_models_rnn.py",  # 80 59 59 55
