@@ -169,9 +169,13 @@ def test_bad_buckets(buckets, message):
         length_report.check_buckets(buckets)
 
 
-def test_unknown_model_is_a_one_line_error(tmp_path):
+def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match=r"unknown \['rnn'\]"):
         length.parse_models(["plain", "rnn"])
+
+
+@pytest.mark.slow  # the command line as a subprocess
+def test_unknown_model_is_a_one_line_error(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "train.experiments.length", "--models=plain,rnn", f"--workdir={tmp_path / 'runs'}",
