@@ -154,6 +154,12 @@ def test_command_line_align_and_translate_align(tiny_run_reader):
     assert ran.returncode == 0, ran.stderr[-3000:]
     first, blank = ran.stdout.split("\n")[:2]
     assert blank == "" and re.fullmatch(r"[^\t]*\t(\d+-\d+( \d+-\d+)*)?", first)
+    ran = run("--mode=translate", "--sentence=forty two", "--nbest=2", "--align")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    rows = [line.split("\t") for line in ran.stdout.splitlines()]
+    assert [(r[0], r[1]) for r in rows] == [("0", "1"), ("0", "2")] and all(len(r) == 5 for r in rows), rows
+    assert all(re.fullmatch(r"(\d+-\d+( \d+-\d+)*)?", r[4]) for r in rows), rows
+    assert "Word alignments from cross-attention of decoder layer 0 (0-based, of 1), all heads averaged" in ran.stderr
     bad = run("--mode=align", "--sentence=forty two")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
         "error: --sentence / --nbest / --align: for --mode=translate; --mode=align reads source<TAB>target "

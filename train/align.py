@@ -29,6 +29,7 @@ Attention was introduced as a soft alignment (Bahdanau et al. 2014, Fig. 3); fai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ from train.translation import Translator
 __all__ = ["SUBWORDS", "METHODS", "ALIGN_KINDS", "Aligner", "word_index", "word_weights", "links", "pharaoh",
            "alignment_error_rate"]
 
+_log = logging.getLogger(__name__)
 SUBWORDS = ("sum", "max")
 METHODS = ("target", "source", "union", "intersection")
 # The attention a family aligns with: the Transformer's cross-attention, the attention RNN's alignment.
@@ -152,6 +154,7 @@ class Aligner:
             raise UserError(f"align.subwords: got {self.settings.subwords!r}, expected one of {list(SUBWORDS)}")
         if self.settings.method not in METHODS:
             raise UserError(f"align.method: got {self.settings.method!r}, expected one of {list(METHODS)}")
+        _log.info("Word alignments from %s", self.describe())
 
     def _selection(self) -> tuple[int, list[int]]:
         layer = int(self.settings.layer)

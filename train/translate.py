@@ -183,9 +183,7 @@ def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None
 
 
 def _aligner(translator: translation.Translator) -> "align.Aligner":
-    aligner = align.Aligner(translator.trained, translator=translator)
-    logging.info("Word alignments from %s", aligner.describe())
-    return aligner
+    return align.Aligner(translator.trained, translator=translator)
 
 
 def _links(links: list | None) -> str:
