@@ -38,6 +38,7 @@ from ml_collections import config_flags  # noqa: E402
 from train import align, cli, loop, modes, run, saved_config, sharding, translation  # noqa: E402
 from train.errors import UserError  # noqa: E402
 
+_log = logging.getLogger("train.translate")  # not __name__: that is "__main__" under `python -m`
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "transformer.py")
 
 try:
@@ -134,7 +135,7 @@ def _serve(config: ml_collections.ConfigDict, workdir: str) -> None:
     service = serving.Service(modes.load_trained(config, workdir, _CHECKPOINT.value), workdir, _CHECKPOINT.value)
     start = time.perf_counter()
     shapes = service.warm_up()
-    logging.info("Compiled %d shapes in %.1f s", shapes, time.perf_counter() - start)
+    _log.info("Compiled %d shapes in %.1f s", shapes, time.perf_counter() - start)
     server.serve(service, _HOST.value, _PORT.value, announce=lambda line: print(line, flush=True))
 
 
