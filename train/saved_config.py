@@ -2,8 +2,8 @@
 
 `<workdir>/config.json` holds the resolved config of the run. A training
 launch on a workdir that holds another model or dataset is refused
-(`check_workdir`); `--mode=eval/translate/score` read the run's own config
-(`trained_run_config`) and may only change how it is decoded and evaluated.
+(`check_workdir`); `--mode=eval/translate/score/align/serve/export` read the run's own config
+(`trained_run_config`) and may only change how it is decoded, evaluated, aligned and served.
 """
 
 import functools
@@ -26,8 +26,9 @@ CONFIG_FILE = "config.json"
 _DATA_IDENTITY = ("dataset", "source_lang", "target_lang", "vocab_size", "vocab_model_type",
                   "shared_vocab", "train_file", "train_source_file", "train_target_file")
 
-# Fields that `--mode=eval/translate/score` may change on a trained run: how it is decoded and
-# evaluated, where data and devices are. Everything else would describe another model.
+# Fields that `--mode=eval/translate/score/align/serve/export` may change on a trained run: how it is
+# decoded, evaluated, aligned and served, where data and devices are. Everything else would describe
+# another model.
 DECODE_TIME_FIELDS = (
     "decode.", "data.eval_splits", "data.eval_max_examples", "data.eval_batch_size", "data.data_dir",
     "data.test_file", "data.test_source_file", "data.test_target_file", "num_samples", "num_heatmaps",
@@ -138,7 +139,7 @@ def trained_run_config(workdir: str, overrides: dict[str, Any],
                        config_file: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
     """The config of the run in `workdir`, with decode-time `overrides` applied.
 
-    `--mode=eval/translate/score` need only `--workdir`: the run's saved config
+    `--mode=eval/translate/score/align/serve/export` need only `--workdir`: the run's saved config
     describes the model; fields added to the configs since it was saved come
     from the defaults. `overrides` (the `--config.<field>` flags given) may
     change `DECODE_TIME_FIELDS`; one that would change the model or its data is
