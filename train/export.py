@@ -26,8 +26,9 @@ translates as jaxattn does. The mapping, layer by layer:
 - pre-LN (with the final LayerNorm of each stack) or post-LN, epsilon 1e-6 (Flax's);
 - the output projection: the tied target embedding, or the untied Dense.
 
-What CTranslate2's encoder-decoder cannot take is refused with one line naming it: RNN families,
-ALiBi, T5 buckets and rotary positions.
+What the export does not map is refused with one line naming it: RNN families (CTranslate2's
+encoder-decoder is the Transformer), ALiBi (only CTranslate2's decoder has it), and T5 buckets and
+rotary positions (CTranslate2 has both, in layouts this exporter does not convert to).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ POSITIONS = 1024  # rows of the sinusoidal table (CTranslate2's default max_inpu
 LAYER_NORM_EPSILON = 1e-6  # flax.linen.LayerNorm's
 _UNSUPPORTED_POSITIONS = {
     "alibi": "ALiBi biases in encoder self-attention",
-    "t5": "T5 relative-position buckets shared by every layer",
-    "rotary": "rotary positions in jaxattn's channel layout",
+    "t5": "T5 relative-position buckets, one table shared by every layer",
+    "rotary": "rotary positions in jaxattn's channel layout, which the export does not convert",
 }
 
 

@@ -151,7 +151,8 @@ def _export(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """One output line per input line (`--nbest`: K), written only once all are computed."""
+    """translate / score / align: one output line per input line (`--nbest`: K), written only once all
+    are computed."""
     mode = _MODE.value
     if mode != "translate" and (_SENTENCES.value or _NBEST.value or _ALIGN.value):
         raise UserError(f"--sentence / --nbest / --align: for --mode=translate; --mode={mode} reads "
@@ -163,7 +164,7 @@ def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None
     pairs = translation.parse_pairs(lines, _INPUT_FILE.value or "stdin") if mode != "translate" else None
     translator = translation.Translator(modes.load_trained(config, workdir, _CHECKPOINT.value),
                                         _BATCH_SIZE.value, progress=bool(_INPUT_FILE.value) and config.progress_bar)
-    aligner = _aligner(translator) if mode == "align" or _ALIGN.value else None
+    aligner = align.Aligner(translator.trained, translator=translator) if mode == "align" or _ALIGN.value else None
     if mode == "score":
         out = translation.score_lines(translator.score(pairs))
     elif mode == "align":
@@ -181,10 +182,6 @@ def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None
             out = [f"{text}\t{_links(links)}" if links is not None else "" for text, links in
                    zip(out, aligner.align(pairs))]
     translation.write_lines(out, _OUTPUT_FILE.value)
-
-
-def _aligner(translator: translation.Translator) -> "align.Aligner":
-    return align.Aligner(translator.trained, translator=translator)
 
 
 def _links(links: list | None) -> str:
