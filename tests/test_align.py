@@ -101,7 +101,7 @@ def test_aligner_gives_one_link_per_target_word(trained):
             assert {j for _, j in links} == set(range(len(pair[1].split())))
             assert {i for i, _ in links} == set(range(len(pair[0].split())))
     maps = aligner.maps(pairs[:1])[0]  # [L, N, T, S] over pieces, eos included
-    source, target = aligner.pieces(pairs[0])
+    source, target = aligner.words(pairs[0])
     assert maps.shape == (1, 2, len(target) + 1, len(source) + 1)
     np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)  # softmax rows
     assert "layer 0" in aligner.describe() and "all heads" in aligner.describe()
@@ -113,10 +113,9 @@ def test_layer_and_heads_are_checked_and_chosen(trained):
     aligner = align.Aligner(trained, settings)
     pair = ("forty two", "zweiundvierzig")
     maps = aligner.maps([pair])[0]
-    source, target = aligner.pieces(pair)
-    expected = align.word_weights(maps[0, 1, :len(target), :len(source)], align.word_index(source),
-                                  align.word_index(target), "max")
-    np.testing.assert_allclose(aligner.word_weights(pair, maps), expected)
+    source, target = aligner.words(pair)
+    expected = align.word_weights(maps[0, 1, :len(target), :len(source)], source, target, "max")
+    np.testing.assert_allclose(aligner.word_weights(maps, source, target), expected)
     assert align.Aligner(trained, ml_collections.ConfigDict({**settings.to_dict(), "layer": -2})).layer == 0
     for field, value, message in [("layer", 1, r"align.layer: got 1, expected at most 0"),
                                   ("heads", (2,), r"align.heads: got \(2,\), expected heads 0 to 1"),

@@ -375,23 +375,25 @@ def run_on_trained_run(session: Session, segment: str, command: Command) -> None
                     translation, links = out.split("\t")
                     _check_links(links, line, translation)
     elif mode == "align":
-        # One line of Pharaoh links per source<TAB>target line; a blank line gives a blank line.
-        assert len(output) == len(inputs), (inputs, output)
-        for line, out in zip(inputs, output):
-            if not line.strip():
-                assert out == "", (line, out)
-            else:
-                _check_links(out, *line.split("\t"))
+        # One line of Pharaoh links per source<TAB>target line.
+        _check_pair_lines(inputs, output, lambda line, out: _check_links(out, *line.split("\t")))
     elif mode == "score":
-        # total<TAB>mean log P(target | source) per line (<= 0); a blank line gives a blank line.
-        assert len(output) == len(inputs), (inputs, output)
-        for line, out in zip(inputs, output):
-            if not line.strip():
-                assert out == "", (line, out)
-            else:
-                assert re.fullmatch(rf"{FLOAT}\t{FLOAT}", out) and float(out.split("\t")[0]) <= 0, (line, out)
+        # total<TAB>mean log P(target | source) per line (<= 0).
+        def check(line, out):
+            assert re.fullmatch(rf"{FLOAT}\t{FLOAT}", out) and float(out.split("\t")[0]) <= 0, (line, out)
+        _check_pair_lines(inputs, output, check)
     else:
         pytest.fail(f"no check for --mode={mode} in tests/test_readme_commands.py ({segment!r}): add one")
+
+
+def _check_pair_lines(inputs: list[str], output: list[str], check: Callable[[str, str], None]) -> None:
+    """One output line per source<TAB>target input line, `check(line, out)`ed; a blank line gives a blank line."""
+    assert len(output) == len(inputs), (inputs, output)
+    for line, out in zip(inputs, output):
+        if not line.strip():
+            assert out == "", (line, out)
+        else:
+            check(line, out)
 
 
 def _check_links(links: str, source: str, target: str) -> None:

@@ -172,38 +172,33 @@ class Aligner:
     def maps(self, pairs: Sequence[tuple[str, str] | None]) -> list[np.ndarray | None]:
         """Every layer's and head's attention of each pair: [L, N, T, S] over its target and source
         pieces, eos included (None for a None pair)."""
-        tok = self.trained.tokenizers
+        pad = self.trained.model.config.pad_id
 
         def run(batch):
             weights = np.asarray(jax.device_get(self._attention(self.trained.params, batch["inputs"],
                                                                 batch["targets"])[self.kind]), np.float32)
-            return [weights[:, b] for b in range(weights.shape[1])]                  # B x [L, N, T', S']
-        out = self.translator.map_pairs(pairs, run)
-        for k, pair in enumerate(pairs):
-            if pair is not None:
-                s, t = len(tok.source.encode(pair[0])), len(tok.target.encode(pair[1]))
-                out[k] = out[k][:, :, :t, :s]
-        return out
+            lengths = zip(np.sum(batch["targets"] != pad, axis=1), np.sum(batch["inputs"] != pad, axis=1))
+            return [weights[:, b, :, :t, :s] for b, (t, s) in enumerate(lengths)]  # B x [L, N, T, S]
+        return self.translator.map_pairs(pairs, run)
 
-    def pieces(self, pair: tuple[str, str]) -> tuple[list[str], list[str]]:
-        """The source and target pieces of a pair, eos excluded."""
+    def words(self, pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        """`word_index` of the source and of the target pieces of a pair (eos excluded)."""
         tok = self.trained.tokenizers
-        return ([tok.source.id_to_piece(i) for i in tok.source.encode(pair[0], add_eos=False)],
-                [tok.target.id_to_piece(i) for i in tok.target.encode(pair[1], add_eos=False)])
+        return tuple(word_index([side.id_to_piece(i) for i in side.encode(text, add_eos=False)])
+                     for side, text in ((tok.source, pair[0]), (tok.target, pair[1])))
 
-    def word_weights(self, pair: tuple[str, str], maps: np.ndarray, layer: int | None = None,
-                     heads: Sequence[int] | None = None) -> np.ndarray:
-        """[J, I] word weights of `pair` from its `maps` [L, N, T, S], at `layer` over `heads` (default
-        the configured ones)."""
+    def word_weights(self, maps: np.ndarray, source_words: np.ndarray, target_words: np.ndarray,
+                     layer: int | None = None, heads: Sequence[int] | None = None) -> np.ndarray:
+        """[J, I] word weights from a pair's `maps` [L, N, T, S] and `words`, at `layer` over `heads`
+        (default the configured ones)."""
         layer = self.layer if layer is None else layer
         heads = self.head_list if heads is None else list(heads)
-        source, target = self.pieces(pair)
-        weights = maps[layer][heads].mean(axis=0)[:len(target), :len(source)]         # [T, S], eos dropped
-        return word_weights(weights, word_index(source), word_index(target), self.settings.subwords)
+        weights = maps[layer][heads].mean(axis=0)[:len(target_words), :len(source_words)]  # [T, S], eos dropped
+        return word_weights(weights, source_words, target_words, self.settings.subwords)
 
     def align(self, pairs: Sequence[tuple[str, str] | None]) -> list[list[tuple[int, int]] | None]:
         """The (source word, target word) links of each pair (None for a None pair)."""
-        return [None if pair is None else links(self.word_weights(pair, m), self.settings.method)
+        return [None if pair is None else links(self.word_weights(m, *self.words(pair)), self.settings.method)
                 for pair, m in zip(pairs, self.maps(pairs))]
 
     def describe(self) -> str:

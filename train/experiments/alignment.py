@@ -98,11 +98,10 @@ def alignment_report(workdir: str, models: Sequence[str], examples: int, data_di
         aligner = align.Aligner(trained)
         maps = aligner.maps(pairs)
         rows = []
+        words = [aligner.words(pair) for pair in pairs]
         for label, layer, layers, heads in _selections(aligner):
-            weights = []
-            for pair, m in zip(pairs, maps):
-                ww = np.mean([aligner.word_weights(pair, m, layer=l, heads=heads) for l in layers], axis=0)
-                weights.append(ww)
+            weights = [np.mean([aligner.word_weights(m, *w, layer=l, heads=heads) for l in layers], axis=0)
+                       for m, w in zip(maps, words)]
             row = {"attention": label, "layer": layer, "heads": heads}
             for method in align.METHODS:
                 row[method] = score([set(align.links(w, method)) for w in weights], gold)
