@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import NamedTuple
 
-from shared import shared_once
+from shared import one_device_xla_flags, shared_once
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,8 +43,7 @@ def _run(args: tuple[str, ...], directory: str) -> None:
     scratch = tempfile.mkdtemp(prefix="device_smoke_")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
-                                if "xla_force_host_platform_device_count" not in flag)
+    env["XLA_FLAGS"] = one_device_xla_flags()
     env["TFDS_DATA_DIR"] = os.path.join(scratch, "tfds")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.device", *args], cwd=scratch,

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from shared import one_device_xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300  # per command; a hang fails the test instead of stalling the suite
@@ -180,7 +181,7 @@ class Session:
             TFDS_DATA_DIR=str(self.tfds),
             JAX_PLATFORMS="cpu",
             # One CPU device, as on a user's machine (conftest gives this process 8).
-            XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip(),
+            XLA_FLAGS=one_device_xla_flags(),
             TPU_SKIP_MDS_QUERY="1",  # never ask a cloud metadata server
             # XLA compiles with fewer optimisations (as JAX's own tests do): same results at
             # these sizes, about 40% less CPU, and compiling is most of a tiny run's cost.

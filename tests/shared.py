@@ -1,5 +1,8 @@
 """What one pytest-xdist worker computes once for every worker of a test run.
 
+`one_device_xla_flags()`: this process's XLA flags without the suite's 8 fake devices, for a
+subprocess that should see one CPU device as a user's machine does (the other flags stay).
+
 `shared_once(name, make)` calls `make(directory)` in the first worker that asks and returns the
 directory to every worker; the others wait on a file lock meanwhile. The directory lives under
 $JAXATTN_TEST_SHARED_DIR, which tests/conftest.py makes once per run (the workers inherit it).
@@ -12,7 +15,13 @@ from collections.abc import Callable
 
 import filelock
 
-__all__ = ["shared_once"]
+__all__ = ["one_device_xla_flags", "shared_once"]
+
+
+def one_device_xla_flags() -> str:
+    """$XLA_FLAGS without `--xla_force_host_platform_device_count` (tests/conftest.py sets it to 8)."""
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                    if not f.startswith("--xla_force_host_platform_device_count"))
 
 
 def shared_once(name: str, make: Callable[[str], None]) -> str:

@@ -8,11 +8,11 @@ device; a cell that raises fails the test.
 
 import os
 import pathlib
-import re
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from shared import one_device_xla_flags
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -21,7 +21,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 def _kernel_env() -> dict[str, str]:
     env = dict(os.environ)
     # The suite's 8 fake devices are for sharding tests; a notebook sees what a user sees.
-    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+    env["XLA_FLAGS"] = one_device_xla_flags()
     env.update(JAXATTN_NOTEBOOK_QUICK="1", JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
     return env
 

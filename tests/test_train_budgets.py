@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tqdm
 
+from shared import one_device_xla_flags
 from test_train_e2e import _params, tiny
 from train import data, loop, modes
 from train.budget import Budget
@@ -113,7 +114,7 @@ def _cli(workdir, data_dir, *flags, stderr=subprocess.PIPE):
             "--config.model.num_decoder_layers=1", "--config.data.bucket_lengths=24",
             "--config.data.max_source_length=24", "--config.data.max_target_length=24",
             "--config.data.tokens_per_batch=192", "--config.progress_bar=false", *flags]
-    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=one_device_xla_flags(), JAX_PLATFORMS="cpu")
     return subprocess.Popen(args, cwd=REPO, env=env, stderr=stderr, stdout=subprocess.PIPE, text=True)
 
 

@@ -17,6 +17,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from shared import one_device_xla_flags
 
 pytestmark = pytest.mark.slow  # two processes (see pyproject.toml's markers)
 
@@ -98,7 +99,7 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     port = str(_free_port())
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=one_device_xla_flags() + " --xla_force_host_platform_device_count=1",
                PYTHONPATH=REPO)
     workers = [
         subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp_path / f"p{i}.npz"),
