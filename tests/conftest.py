@@ -11,12 +11,6 @@ import os
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
-# Eigen's matmuls and convolutions on one thread: pytest-xdist already runs one worker per core, and
-# a thread pool in every worker and subprocess only contends for the same cores (test_train_e2e +
-# test_models_rnn + test_decoding on 2 cores, 2026-12-06: 153-167 s in two runs, 133-144 s in four
-# with it). Subprocesses inherit it (tests/shared.py's `one_device_xla_flags` keeps it).
-if "xla_cpu_multi_thread_eigen" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiled programs are kept in one persistent cache for the whole suite -- every test, pytest-xdist
 # worker and `python -m train.translate` subprocess -- and across runs: a program compiled once

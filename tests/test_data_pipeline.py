@@ -130,6 +130,34 @@ def test_save_restore_gives_identical_batches(dirs, packing, threads, prefetch, 
     assert _same([next(resumed) for _ in range(8)], expected)
 
 
+@pytest.mark.parametrize("threads, skip", [(0, 5), (1, 25)])  # 25 crosses an epoch
+def test_sampled_segmentations_resume_identically(dirs, threads, skip):
+    kwargs = dict(num_epochs=0, read_threads=threads, prefetch_batches=2, subword_alpha=0.1, subword_nbest=8)
+    it = iter(_make(dirs, **kwargs).train)
+    for _ in range(skip):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(8)]
+    resumed = iter(_make(dirs, **kwargs).train)
+    resumed.set_state(state)
+    assert _same([next(resumed) for _ in range(8)], expected)
+
+
+def test_sampled_segmentations_spell_the_same_pairs_differently_and_never_in_evaluation(dirs, train_pairs):
+    plain, sampled = _make(dirs), _make(dirs, subword_alpha=0.1, subword_nbest=8)
+    batches = list(iter(sampled.train))  # one epoch: every pair once, in sampled pieces
+    assert collections.Counter(p for b in batches for p in _row_pairs(sampled.tokenizers, b)) == train_pairs
+    rows = [row[row > 0] for b in batches for row in (*b["inputs"], *b["targets"]) if row[0] != data.PAD_ID]
+    best = [sampled.tokenizers.source.encode(sampled.tokenizers.source.decode(row)) for row in rows]
+    differ = sum(not np.array_equal(row, ids) for row, ids in zip(rows, best))
+    assert len(rows) // 10 < differ < len(rows)  # many rows are not their best segmentation, some are
+    assert sampled.tokenizers.fingerprint() == plain.tokenizers.fingerprint()  # the same vocabulary
+    for split in plain.eval:  # evaluation reads the best segmentation
+        assert plain.eval[split].pairs == sampled.eval[split].pairs
+        assert all(np.array_equal(a.batch["inputs"], b.batch["inputs"])
+                   for a, b in zip(plain.eval[split].batches, sampled.eval[split].batches))
+
+
 def test_packing_invariants(dirs, train_pairs):
     ds = _make(dirs, packing=True, pack_length=24)
     assert ds.batch_shapes == ((8, 24),)
@@ -204,6 +232,9 @@ def test_length_policy(dirs, policy):
     ({"source_lang": "xx"}, "source_lang"),
     ({"eval_splits": ("dev",)}, "split"),
     ({"tokens_per_batch": 4, "batch_size": 0}, "tokens_per_batch"),
+    ({"subword_alpha": -0.1}, "subword_alpha"),
+    ({"subword_alpha": 0.1, "vocab_model_type": "bpe"}, "subword_alpha: sampled segmentations need a unigram"),
+    ({"subword_alpha": 0.1, "subword_nbest": 1}, "subword_nbest"),
 ])
 def test_bad_config_one_line_errors(dirs, overrides, match):
     with pytest.raises(ValueError, match=match) as err:

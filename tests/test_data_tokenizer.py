@@ -136,3 +136,16 @@ def test_bad_arguments():
         tk.train_sentencepiece(_EN, vocab_size=64, model_type="wordpiece")
     with pytest.raises(ValueError, match="texts"):
         tk.train_sentencepiece(["", ""], vocab_size=64)
+
+
+def test_sampled_segmentations(tok):
+    text = "seven hundred and seventy seven"
+    draws = [tuple(tok.sample_encode(text, alpha=0.1, nbest=16, rng=np.random.default_rng(i))) for i in range(40)]
+    assert all(d[-1] == tk.EOS_ID and tok.decode(np.asarray(d)) == text for d in draws)  # the same text
+    assert len(set(draws)) > 3  # in several segmentations
+    again = [tuple(tok.sample_encode(text, alpha=0.1, nbest=16, rng=np.random.default_rng(i))) for i in range(40)]
+    assert again == draws  # a generator seeded alike draws alike
+    best = tuple(tok.encode(text))
+    sharp = [tuple(tok.sample_encode(text, alpha=50.0, nbest=16, rng=np.random.default_rng(i))) for i in range(20)]
+    assert sharp.count(best) >= 18  # a large alpha leaves the best segmentation nearly alone
+    assert tok.sample_encode("", alpha=0.1, nbest=16, rng=np.random.default_rng(0)).tolist() == [tk.EOS_ID]

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -271,3 +272,49 @@ def test_cli_score_and_a_failed_run(run, alone, tmp_path):
     assert failed.returncode == 1 and failed.stderr.strip().splitlines() == [
         "error: stdin line 2: got 1 tab-separated field(s), expected 2 (source<TAB>target): 'no tab'"]
     assert output.read_text() == "old\n" and os.listdir(tmp_path) == ["scores.txt"]
+
+
+@pytest.fixture(scope="module")
+def twin(run, tmp_path_factory):
+    """A copy of the run in another workdir: the same model, vocabulary and parameters."""
+    workdir = str(tmp_path_factory.mktemp("twin") / "run")
+    shutil.copytree(run[1], workdir)
+    return workdir
+
+
+def test_an_ensemble_of_the_model_with_itself_translates_and_scores_as_the_model(run, alone, twin):
+    config, workdir = run
+    trained = modes.load_trained(config, workdir, ensemble=[twin])
+    assert type(trained.model).__name__ == "Ensemble" and set(trained.params) == {"members_0", "members_1"}
+    both = translation.Translator(trained)
+    assert both.translate(SENTENCES) == alone.translate(SENTENCES)
+    got, want = both.nbest(SENTENCES[:3], 2), alone.nbest(SENTENCES[:3], 2)
+    assert [[h.text for h in hs] for hs in got] == [[h.text for h in hs] for hs in want]
+    pairs = [("five", "fünf"), None, ("twelve", "zwölf")]
+    np.testing.assert_allclose([s.total for s in both.score(pairs) if s], [s.total for s in alone.score(pairs) if s],
+                               rtol=1e-5)
+
+
+def test_ensemble_members_must_share_the_vocabulary(run, twin, tmp_path):
+    config, workdir = run
+    other = str(tmp_path / "other")
+    shutil.copytree(twin, other)
+    texts = [nw.number_to_words(n, lang) for n in range(200) for lang in ("en", "fr")]
+    tk.train_sentencepiece(texts, vocab_size=48).save(os.path.join(other, "vocab", "shared.model"))
+    with pytest.raises(UserError, match=r"^--ensemble: '.*other' has another vocabulary than"):
+        modes.load_trained(config, workdir, ensemble=[other])
+    with pytest.raises(UserError, match=r"^--ensemble: '.*' is --workdir itself"):
+        modes.load_trained(config, workdir, ensemble=[workdir])
+
+
+@pytest.mark.slow
+def test_cli_ensemble(run, alone, twin):
+    _, workdir = run
+    lines = ["five", "", "seventy two"]
+    done = _cli(workdir, "--mode=translate", f"--ensemble={twin}", stdin="\n".join(lines) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:-1] == alone.translate(lines)
+    assert "Ensemble member" in done.stderr
+    refused = _cli(workdir, "--mode=align", f"--ensemble={twin}", stdin="five\tfünf\n")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        "error: --ensemble: for --mode=eval, translate or score, got --mode=align"]

@@ -18,7 +18,7 @@ import ml_collections
 import optax
 
 from jaxattn import models
-from train import optim, sharding
+from train import early_stopping, optim, sharding
 from train.data import catalog
 from train.data.pipeline import TSV
 from train.errors import UserError, one_line
@@ -103,6 +103,7 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
              f"config.decode.max_length: got {config.decode.max_length}, expected >= 1")
     for field in ("max_length_a", "max_length_b"):
         _require(config.decode[field] >= 0, f"config.decode.{field}: got {config.decode[field]}, expected >= 0")
+    early_stopping.check_config(config)
     family = config.model.family
     if config.data.packing:
         _require(family == "transformer",

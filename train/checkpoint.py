@@ -1,4 +1,4 @@
-"""Orbax checkpoints: async saves, keep the last k and the best by BLEU, exact resume.
+"""Orbax checkpoints: async saves, keep the last k and the best by a validation metric, exact resume.
 
 A checkpoint (`<workdir>/checkpoints/<step>/`) holds three items:
 
@@ -46,7 +46,7 @@ __all__ = ["CHECKPOINT_DIR", "RESUME_ITEMS", "READ_ITEMS", "CheckpointMismatchEr
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-BEST_METRIC = "bleu"
+BEST_METRIC = "bleu"  # what picks the best checkpoint unless the run says otherwise (`best_metric`)
 RESUME_ITEMS = ("state", "data", "config")  # what a resumed run restores
 READ_ITEMS = ("state", "config")  # what eval and translate restore
 
@@ -81,8 +81,15 @@ def _size(num_bytes: float) -> str:
     return ""
 
 
-def _best_metric(metrics: dict[str, float]) -> float:
-    return metrics[BEST_METRIC]
+class _Best:
+    """Checkpoint metrics -> the value the best checkpoint maximizes (a loss negated; absent: -inf)."""
+
+    def __init__(self, name: str, larger_is_better: bool):
+        self.name, self._sign = name, 1.0 if larger_is_better else -1.0
+
+    def __call__(self, metrics: dict[str, float]) -> float:
+        value = metrics.get(self.name)
+        return float("-inf") if value is None else self._sign * value
 
 
 class Checkpointer:
@@ -91,13 +98,18 @@ class Checkpointer:
     Args:
       directory: where step directories go (`<workdir>/checkpoints`).
       keep: how many of the latest checkpoints to keep; the best one by
-        validation BLEU is kept in addition.
+        `best_metric` is kept in addition.
       read_only: open existing checkpoints without creating anything (used by
         the eval and translate modes).
+      best_metric: the validation metric saved with a checkpoint that picks the best
+        ("bleu", or the run's `early_stopping.metric`); `larger_is_better` is its direction.
     """
 
-    def __init__(self, directory: str, keep: int, read_only: bool = False):
+    def __init__(self, directory: str, keep: int, read_only: bool = False, best_metric: str = BEST_METRIC,
+                 larger_is_better: bool = True):
         self.directory = os.path.abspath(directory)
+        self.best_metric = best_metric
+        best = _Best(best_metric, larger_is_better)
         self.read_only = read_only
         self._checked: set[tuple[int, tuple[str, ...]]] = set()
         self._excluded: set[int] = set()
@@ -118,12 +130,12 @@ class Checkpointer:
                 checkpoint_files.purge_rotated(self.directory)
         policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
-            best_fn=_best_metric,
+            best_fn=best,
             best_mode="max",
             preservation_policy=policies.AnyPreservationPolicy(
                 [
                     policies.LatestN(keep),
-                    policies.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
+                    policies.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False),
                 ]
             ),
             create=not read_only,
@@ -185,7 +197,7 @@ class Checkpointer:
             self._checked.add((step, items))
 
     def select(self, which: str = "latest", items: tuple[str, ...] = READ_ITEMS) -> int | None:
-        """The intact checkpoint to read: the newest ("latest") or best by BLEU ("best").
+        """The intact checkpoint to read: the newest ("latest") or best by `best_metric` ("best").
 
         A damaged one is reported with its step and file and the next one is
         tried; a resuming trainer then moves the damaged ones aside. Returns None
@@ -210,7 +222,7 @@ class Checkpointer:
                              else "no other checkpoint to fall back to")
         if step is None and damaged:
             if which == "best" and self.latest_step() is not None:
-                raise UserError(f"{damaged[-1]}; no other checkpoint holds a validation BLEU; "
+                raise UserError(f"{damaged[-1]}; no other checkpoint holds a validation {self.best_metric}; "
                                 f"--checkpoint=latest reads step {self.latest_step()}")
             raise self._none_intact(damaged)
         if not self.read_only and damaged:
@@ -227,7 +239,7 @@ class Checkpointer:
             return None
         if step is None and self.latest_step() is not None:
             raise UserError(f"checkpoint: no best checkpoint in {self.directory} (steps {self.steps()} hold no "
-                            "validation BLEU: it is recorded at eval_every_steps and at the end of training); "
+                            f"validation {self.best_metric}: it is recorded at eval_every_steps and at the end of training); "
                             f"--checkpoint=latest reads step {self.latest_step()}")
         return step
 

@@ -10,8 +10,9 @@ optimizer state, the base RNG key (dropout is `fold_in(rng, step)`) and the
 data iterator position are all restored.
 
 The loop runs until a reason to end appears -- a budget (`train.budget`), the
-end of the data's epochs, or a stop signal -- then evaluates (unless stopped
-by a signal), saves and returns, on one path.
+end of the data's epochs, early stopping (`train.early_stopping`) or a stop
+signal -- then evaluates (unless stopped by a signal; after early stopping, the
+best checkpoint), saves and returns, on one path.
 """
 
 import contextlib
@@ -27,7 +28,8 @@ import numpy as np
 import tqdm
 
 from jaxattn.models import count_params
-from train import build, checkpoint, eval_run, metrics, run, saved_config, sharding, steps, stopping, workdir_lock
+from train import (build, checkpoint, early_stopping, eval_run, finetune, metrics, run, saved_config, sharding, steps,
+                   stopping, workdir_lock)
 from train.budget import Budget
 from train.data import EOS_ID
 
@@ -45,16 +47,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
       Final metrics (`<split>/bleu`, `/chrf`, `/exact_match`, `/loss`, ...; none after a stop
-      signal), plus `step`, `wall_time`, `workdir`, `stopped` (why training ended) and
-      `interrupted` (True after SIGTERM / SIGINT).
+      signal), plus `step`, `wall_time`, `workdir`, `stopped` (why training ended),
+      `interrupted` (True after SIGTERM / SIGINT) and, after early stopping, `best_step` (the
+      checkpoint the final metrics are of).
     """
     start_time = time.time()
     built = build.build(config)  # every check of the config, before anything is written
+    finetune.check(config)
     saved_config.check_workdir(config, workdir)
     with workdir_lock.held(workdir):  # a second trainer on the same workdir is refused
+        if config.init_from:
+            finetune.copy_vocabulary(config, workdir)
         the_run = run.prepare(config, workdir, built)
-        ckpt = checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR),
-                                       config.keep_checkpoints)
+        ckpt = run.checkpointer(config, workdir)
         writer = metrics.MetricWriter(workdir)
         with contextlib.closing(iter(the_run.datasets.train)) as train_iter:  # closing stops its prefetch thread
             try:
@@ -93,6 +98,8 @@ def _start(the_run: run.Run, ckpt: checkpoint.Checkpointer, train_iter):
         return state, rng, True
     init_rng, rng = jax.random.split(sharding.global_rng(the_run.config.seed))
     state = the_run.parallel.create_state(the_run.init_fn, init_rng)
+    if the_run.config.init_from:  # fine-tuning: the parent's parameters, a fresh optimizer state
+        state = state.replace(params=finetune.initial_params(the_run))
     # From host data: a device array put on a multi-process sharding has broken shards.
     return state, jax.device_put(np.asarray(rng), the_run.parallel.rng_sharding), False
 
@@ -129,6 +136,9 @@ def _train(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.Metr
     placed_rng = parallel.put_rng(rng)
     val_split = next(iter(the_run.datasets.eval))  # the first eval split is validation
     budget = Budget(config, step, the_run.datasets.num_train_examples)
+    stopper = early_stopping.EarlyStopping(config, val_split)
+    if resumed:
+        stopper.replay(the_run.workdir, step)
     bar = tqdm.tqdm(total=budget.estimate_total(step), initial=step, unit="step", dynamic_ncols=True,
                     disable=not (config.progress_bar and jax.process_index() == 0))
     history = metrics.TrainHistory(parallel, writer, bar)
@@ -179,7 +189,8 @@ def _train(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.Metr
                                                          max_examples=config.eval_decode_examples, step=step,
                                                          tag=f"step{step}", guard=guard)
                     writer.write_scalars(step, scalars)
-                    saves.save(step, state, {"bleu": scalars[f"{val_split}/bleu"]})
+                    saves.save(step, state, _checkpoint_metrics(scalars, val_split))
+                    reason = stopper.update(step, scalars)
                 except eval_run.EvalAborted:
                     _log.info("Evaluation at step %d aborted by %s", step, guard.signal_name)
                     reason, interrupted = f"received {guard.signal_name}", True
@@ -194,7 +205,7 @@ def _train(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.Metr
         bar.close()
         _log.info("Training stopped at step %d: %s", step, reason)
 
-        summary = {}
+        summary, best_step = {}, None
         if not interrupted:
             try:
                 final_state = state
@@ -202,12 +213,24 @@ def _train(the_run: run.Run, ckpt: checkpoint.Checkpointer, writer: metrics.Metr
                     saves.save(step, state)
                     ckpt.wait()
                     final_state = run.averaged(the_run, ckpt, step)
+                elif reason.startswith("early stopping"):  # the step that stopped it is saved already
+                    ckpt.wait()
+                    best_step = ckpt.best_step()  # by the same metric (min_delta only decides when to stop)
+                    final_state, _ = run.restore(the_run, ckpt, best_step)
+                    _log.info("The final evaluation reads the best checkpoint, step %d", best_step)
                 summary = eval_run.final_evaluation(the_run, final_state, step, writer, guard)
             except eval_run.EvalAborted:
                 _log.info("Final evaluation aborted by %s; saving step %d without it", guard.signal_name, step)
                 interrupted = True
-        saves.save(step, state, {"bleu": summary[f"{val_split}/bleu"]} if summary else None)
+        saves.save(step, state, _checkpoint_metrics(summary, val_split) if summary else None)
         ckpt.wait()
     summary.update(step=step, wall_time=time.time() - start_time, interrupted=interrupted, stopped=reason,
                    workdir=the_run.workdir)
+    if best_step is not None:
+        summary["best_step"] = best_step
     return summary
+
+
+def _checkpoint_metrics(scalars: dict[str, float], split: str) -> dict[str, float]:
+    """The validation metrics saved with a checkpoint (the best one is picked by one of them)."""
+    return {name: scalars[f"{split}/{name}"] for name in early_stopping.METRICS}

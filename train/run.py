@@ -5,7 +5,8 @@ sizes the built model for the trained vocabulary; `for_vocabulary` does the
 same from a vocabulary alone (translation needs no data). `restore` reads one
 checkpoint into the run's sharded state after checking that it holds this
 model and vocabulary; `restore_named` reads the one `--checkpoint` names:
-the latest, the best by validation BLEU, or the average of the last k.
+the latest, the best by validation BLEU (or the early-stopping metric), or the average of
+the last k.
 """
 
 import dataclasses
@@ -18,12 +19,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from train import build, checkpoint, evaluation, saved_config, sharding, steps
-from train.data import Tokenizers, make_datasets
+from train import build, checkpoint, early_stopping, evaluation, optim, saved_config, sharding, steps
+from train.data import Tokenizers, load_tokenizers, make_datasets
 from train.errors import UserError
 
 __all__ = ["CHECKPOINT_CHOICES", "Run", "prepare", "for_vocabulary", "checkpoint_config", "restore",
-           "restore_named", "select_step", "open_checkpoints"]
+           "restore_named", "restore_params", "select_step", "checkpointer", "open_checkpoints"]
 
 _log = logging.getLogger(__name__)
 CHECKPOINT_CHOICES = ("latest", "best", "average")
@@ -76,7 +77,10 @@ def prepare(config, workdir: str, built: build.Built) -> Run:
 
     `built` is `build.build(config)`; the caller has also checked the workdir.
     """
-    datasets = make_datasets(config.data, workdir)
+    # A fine-tuning run's vocabulary is its parent's (`train.finetune` copied it), not one of this data.
+    tokenizers = (load_tokenizers(os.path.join(workdir, "vocab"), shared=config.data.shared_vocab)
+                  if config.init_from else None)
+    datasets = make_datasets(config.data, workdir, tokenizers=tokenizers, vocab_from=config.init_from)
     _log.info("Data ready: %d training pairs, eval splits %s, vocabulary %d/%d (in %s)",
               datasets.num_train_examples, list(datasets.eval), datasets.tokenizers.source.vocab_size,
               datasets.tokenizers.target.vocab_size, os.path.join(workdir, "vocab"))
@@ -134,6 +138,27 @@ def averaged(run: Run, ckpt: checkpoint.Checkpointer, step: int):
     return state.replace(params=mean)
 
 
+def restore_params(workdir: str, which: str, tokenizers: Tokenizers, parallel: Any) -> tuple[Any, Any, int]:
+    """(model, params, step) of `--checkpoint=which` of the run in `workdir`, for another run's use.
+
+    The run's saved config gives its model (sized for `tokenizers`, which its checkpoints must
+    have been trained with) and the optimizer whose state its checkpoints hold; `parallel` (the
+    reading run's) places the parameters. A fine-tuning run starts from them; an ensemble
+    decodes with them.
+    """
+    config = saved_config.trained_run_config(workdir, {})
+    schedule = optim.make_schedule(config)
+    model = build.build_model(config, vocab_size=max(config.data.vocab_size, 8))
+    other = for_vocabulary(config, workdir, tokenizers,
+                           build.Built(model, schedule, optim.make_optimizer(config, schedule), parallel))
+    ckpt = open_checkpoints(workdir, config)
+    try:
+        state, step = restore_named(other, ckpt, which)
+    finally:
+        ckpt.close()
+    return other.model, state.params, step
+
+
 def select_step(ckpt: checkpoint.Checkpointer, which: str) -> int:
     """The step `--checkpoint=which` reads ("average": the latest, averaged with the ones before it)."""
     if which not in CHECKPOINT_CHOICES:
@@ -156,9 +181,18 @@ def restore_named(run: Run, ckpt: checkpoint.Checkpointer, which: str) -> tuple[
     return restore(run, ckpt, step)[0], step
 
 
-def open_checkpoints(workdir: str) -> checkpoint.Checkpointer:
+def checkpointer(config: ml_collections.ConfigDict | None, workdir: str, read_only: bool = False
+                 ) -> checkpoint.Checkpointer:
+    """The workdir's checkpoints; the best is picked by the run's `early_stopping.best_metric` (no
+    config: validation BLEU)."""
+    metric = early_stopping.best_metric(config) if config is not None else checkpoint.BEST_METRIC
+    return checkpoint.Checkpointer(os.path.join(workdir, checkpoint.CHECKPOINT_DIR),
+                                   keep=1 if read_only else config.keep_checkpoints, read_only=read_only,
+                                   best_metric=metric, larger_is_better=early_stopping.METRICS[metric])
+
+
+def open_checkpoints(workdir: str, config: ml_collections.ConfigDict | None = None) -> checkpoint.Checkpointer:
     """The workdir's checkpoints, read-only (a snapshot: a trainer may be writing beside us)."""
-    directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
         raise UserError(f"workdir: no checkpoints in {workdir!r}; train first")
-    return checkpoint.Checkpointer(directory, keep=1, read_only=True)
+    return checkpointer(config, workdir, read_only=True)

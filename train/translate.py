@@ -67,6 +67,9 @@ _OUTPUT_FILE = flags.DEFINE_string("output_file", "", "Where translate / score /
 _ALIGN = flags.DEFINE_bool("align", False, "translate: add a TAB and the word alignment of each translation "
                            "(Pharaoh i-j pairs, as --mode=align prints them; settings config.align.*).")
 _FORMAT = flags.DEFINE_enum("format", "ctranslate2", ["ctranslate2"], "export: the format written.")
+_ENSEMBLE = flags.DEFINE_list("ensemble", [], "eval / translate / score: more workdirs (same vocabulary) whose "
+                              "models decode with --workdir's as one, averaging their log-probabilities at every "
+                              "step (e.g. --ensemble=runs/b,runs/c).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "export: the directory written (must not exist yet).")
 _NBEST = flags.DEFINE_integer("nbest", 0, "translate: K > 0 prints K lines per input line, "
                               "line<TAB>rank<TAB>score<TAB>translation (beam size max(K, decode.beam_size)).",
@@ -81,7 +84,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "translate / score: sentence
 def _summary_line(summary: dict, split: str) -> str:
     return (f"{split}: BLEU {summary[f'{split}/bleu']:.2f} | chrF {summary[f'{split}/chrf']:.2f} | "
             f"exact match {100 * summary[f'{split}/exact_match']:.1f}% | steps {summary['step']} | "
-            f"wall time {summary.get('wall_time', 0.0):.0f}s | workdir {summary['workdir']}")
+            + (f"early stopping: best step {summary['best_step']} | " if "best_step" in summary else "")
+            + f"wall time {summary.get('wall_time', 0.0):.0f}s | workdir {summary['workdir']}")
 
 
 def _mode_config() -> ml_collections.ConfigDict:
@@ -103,6 +107,8 @@ def _use_compilation_cache(config: ml_collections.ConfigDict) -> None:
 
 def _run() -> int:
     workdir = _WORKDIR.value
+    if _ENSEMBLE.value and _MODE.value not in ("eval", "translate", "score"):
+        raise UserError(f"--ensemble: for --mode=eval, translate or score, got --mode={_MODE.value}")
     config = _mode_config()
     _use_compilation_cache(config)
     if config.distributed.coordinator_address:
@@ -116,7 +122,7 @@ def _run() -> int:
         else:
             print(_summary_line(summary, summary["eval_splits"][-1]))
     elif _MODE.value == "eval":
-        summary = modes.evaluate(config, workdir, _CHECKPOINT.value)
+        summary = modes.evaluate(config, workdir, _CHECKPOINT.value, _ENSEMBLE.value)
         for split in summary["eval_splits"]:
             print(_summary_line(summary, split))
     elif _MODE.value == "serve":
@@ -162,7 +168,9 @@ def _translate_or_score(config: ml_collections.ConfigDict, workdir: str) -> None
     translation.check_output_file(_OUTPUT_FILE.value)
     lines = list(_SENTENCES.value) or translation.read_lines(_INPUT_FILE.value)
     pairs = translation.parse_pairs(lines, _INPUT_FILE.value or "stdin") if mode != "translate" else None
-    translator = translation.Translator(modes.load_trained(config, workdir, _CHECKPOINT.value),
+    if _ENSEMBLE.value and (mode == "align" or _ALIGN.value):
+        raise UserError("--ensemble: word alignments read one model's attention; leave --ensemble out to align")
+    translator = translation.Translator(modes.load_trained(config, workdir, _CHECKPOINT.value, _ENSEMBLE.value),
                                         _BATCH_SIZE.value, progress=bool(_INPUT_FILE.value) and config.progress_bar)
     aligner = align.Aligner(translator.trained, translator=translator) if mode == "align" or _ALIGN.value else None
     if mode == "score":

@@ -60,6 +60,7 @@ from __future__ import annotations
 import jax
 
 from jaxattn.models.configs import RNNConfig, TransformerConfig
+from jaxattn.models.ensemble import Ensemble, ensemble_params
 from jaxattn.models.positional import (
     POSITIONS,
     alibi_bias,
@@ -84,6 +85,8 @@ __all__ = [
     "TransformerConfig",
     "RNNSeq2Seq",
     "Transformer",
+    "Ensemble",
+    "ensemble_params",
     "collect_attention_weights",
     "shift_right",
     "sinusoidal_positions",

@@ -21,6 +21,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_train_steps = 2000  # optimizer steps (micro-steps with grad_accum_steps > 1)
     config.max_train_minutes = 0.0  # wall-clock minutes of training (this launch); 0 = no limit
     # (epochs: data.num_epochs, passes over the training data; 0 = no limit)
+    # Fine-tuning (train.finetune): the workdir of a trained run whose parameters and vocabulary this run
+    # starts from (same model config; fresh optimizer and schedule); "" = from scratch
+    config.init_from = ""
+    config.init_from_checkpoint = "latest"  # which of its checkpoints: "latest", "best" or "average"
     config.compute_dtype = "float32"  # "float32" or "bfloat16" activations; params stay float32
     # XLA programs compiled by `python -m train.translate` are kept here and reused by later launches
     # (JAX's persistent compilation cache; $JAX_COMPILATION_CACHE_DIR wins); "" = off
@@ -49,6 +53,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.scheduled_sampling.max_probability = 0.25  # final P(feed the model's own token)
     config.scheduled_sampling.ramp_steps = 1000  # linear: steps to reach max_probability
     config.scheduled_sampling.k = 200.0  # inverse_sigmoid: k of k / (k + exp(step / k))
+
+    # Early stopping (train.early_stopping): training ends when the validation metric has not improved
+    # by more than min_delta for `patience` evaluations in a row (every eval_every_steps); the final
+    # evaluation then reads the best checkpoint, which this metric picks (else validation BLEU)
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.metric = ""  # "" = off; "bleu", "chrf", "exact_match", "nll" or "loss" (validation)
+    config.early_stopping.patience = 5  # evaluations without improvement before stopping
+    config.early_stopping.min_delta = 0.0  # an improvement is larger than this (BLEU / chrF points, nats)
 
     # --- Evaluation and decoding -----------------------------------------------------------
     config.log_every_steps = 50  # training metrics to JSONL/TensorBoard every N steps

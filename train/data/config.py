@@ -47,6 +47,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.shared_vocab = True  # one vocabulary for both sides, or one per side
     c.vocab_max_sentences = 100_000  # sentences per side sampled (evenly) to train it
     c.character_coverage = 1.0  # SentencePiece character coverage (0.9995 for large alphabets)
+    # Subword regularization (Kudo 2018), unigram vocabularies: each training sentence is segmented
+    # by a sample from its `subword_nbest` best segmentations x, P(x) ~ P_unigram(x)^subword_alpha;
+    # evaluation and translation always use the best one. 0 = off (the best segmentation everywhere)
+    c.subword_alpha = 0.0
+    c.subword_nbest = 64  # l, the segmentations sampled from (Kudo 2018: l = 64, alpha = 0.1)
     # --- Lengths (in tokens, eos included) ----------------------------------------------------
     c.max_source_length = 32  # longer sources are filtered out or truncated
     c.max_target_length = 32  # longer targets are filtered out or truncated

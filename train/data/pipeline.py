@@ -26,6 +26,7 @@ import numpy as np
 from train.data import batching
 from train.data import catalog
 from train.data import corpus
+from jaxattn.tokens import UNK_ID
 from train.data.tokenizer import MODEL_TYPES, Tokenizers, load_or_train_tokenizers
 from train.errors import UserError
 
@@ -139,17 +140,28 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str] | None
 
 
 class _Encode:
-    """(source_text, target_text) -> {"inputs": [S], "targets": [T]} int32 eos-ended, or None."""
+    """(source_text, target_text) -> {"inputs": [S], "targets": [T]} int32 eos-ended, or None.
+
+    With `alpha` > 0 both sides are segmented by a sample (`Tokenizer.sample_encode`) drawn by the
+    `rng` given with each pair; without one, or with alpha 0, by the best segmentation.
+    """
 
     def __init__(self, tokenizers: Tokenizers, max_source_length: int, max_target_length: int,
-                 policy: str):
+                 policy: str, alpha: float = 0.0, nbest: int = 0):
         self._tok = tokenizers
         self._max = (max_source_length, max_target_length)
         self._policy = policy
+        self._alpha, self._nbest = alpha, nbest
 
-    def __call__(self, pair: tuple[str, str]) -> dict[str, np.ndarray] | None:
-        inputs = batching.fit_length(self._tok.source.encode(pair[0]), self._max[0], self._policy)
-        targets = batching.fit_length(self._tok.target.encode(pair[1]), self._max[1], self._policy)
+    def _ids(self, tokenizer, text: str, rng: np.random.Generator | None) -> np.ndarray:
+        if rng is None or not self._alpha:
+            return tokenizer.encode(text)
+        return tokenizer.sample_encode(text, alpha=self._alpha, nbest=self._nbest, rng=rng)
+
+    def __call__(self, pair: tuple[str, str], rng: np.random.Generator | None = None
+                 ) -> dict[str, np.ndarray] | None:
+        inputs = batching.fit_length(self._ids(self._tok.source, pair[0], rng), self._max[0], self._policy)
+        targets = batching.fit_length(self._ids(self._tok.target, pair[1], rng), self._max[1], self._policy)
         if inputs is None or targets is None:
             return None
         return {"inputs": inputs, "targets": targets}
@@ -178,20 +190,28 @@ class _ShuffledChunk:
                     len(self._records))  # [n]
             return self._cache[epoch]
 
-    def __call__(self, k: int, _) -> np.ndarray:
+    def __call__(self, k: int, _) -> tuple[int, np.ndarray]:
+        """(k, [C] record indices of chunk k)."""
         epoch, c = divmod(k, self.chunks_per_epoch)
-        return self._records[self._permutation(epoch)[c * self._chunk:(c + 1) * self._chunk]]
+        return k, self._records[self._permutation(epoch)[c * self._chunk:(c + 1) * self._chunk]]
 
 
 class _ReadEncodeChunk:
-    """[C] record indices -> list of encoded examples (too-long pairs dropped by the policy)."""
+    """(k, [C] record indices) -> list of encoded examples (too-long pairs dropped by the policy).
 
-    def __init__(self, reader: catalog.PairReader, encode: _Encode):
+    Sampled segmentations are drawn by a generator seeded with (seed, k): chunk k is segmented the
+    same way whichever read thread makes it and whenever (a resumed run), and differently in each epoch.
+    """
+
+    def __init__(self, reader: catalog.PairReader, encode: _Encode, seed: int):
         self._reader = reader
         self._encode = encode
+        self._seed = seed
 
-    def __call__(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
-        examples = (self._encode(pair) for pair in self._reader.read(indices))
+    def __call__(self, chunk: tuple[int, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        k, indices = chunk
+        rng = np.random.default_rng([self._seed, k, 1])  # the 1 keeps it apart from the shuffle's streams
+        examples = (self._encode(pair, rng) for pair in self._reader.read(indices))
         return [e for e in examples if e is not None]
 
 
@@ -206,19 +226,27 @@ _LENGTH_SAMPLE = 100_000  # training pairs whose lengths are counted at start-up
 
 
 def _long_pairs(pairs: Sequence[tuple[str, str]], tokenizers: Tokenizers,
-                config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """(pairs with a source over max_source_length, a target over max_target_length, either)."""
+                config: ml_collections.ConfigDict, unknown: np.ndarray | None = None) -> tuple[int, int, int]:
+    """(pairs with a source over max_source_length, a target over max_target_length, either).
+
+    `unknown` [2, 2], if given, gets (<unk> tokens, tokens) of the sources and of the targets added.
+    """
     source_long = target_long = either = 0
     for source, target in pairs:
-        s = len(tokenizers.source.encode(source)) > config.max_source_length
-        t = len(tokenizers.target.encode(target)) > config.max_target_length
+        source_ids, target_ids = tokenizers.source.encode(source), tokenizers.target.encode(target)
+        s = len(source_ids) > config.max_source_length
+        t = len(target_ids) > config.max_target_length
         source_long, target_long, either = source_long + s, target_long + t, either + (s or t)
+        if unknown is not None:  # eos is not a text token
+            unknown += [[np.count_nonzero(source_ids == UNK_ID), len(source_ids) - 1],
+                        [np.count_nonzero(target_ids == UNK_ID), len(target_ids) - 1]]
     return source_long, target_long, either
 
 
 def _log_lengths(config: ml_collections.ConfigDict, tokenizers: Tokenizers, train_reader: catalog.PairReader,
-                 evals: Mapping[str, EvalSet]) -> dict[str, tuple[int, int]]:
-    """Logs how many pairs of each split the length limits filter or truncate.
+                 evals: Mapping[str, EvalSet], vocab_from: str = "") -> dict[str, tuple[int, int]]:
+    """Logs how many pairs of each split the length limits filter or truncate (and, for a vocabulary
+    made from other data, `vocab_from`, how many training tokens it cannot represent).
 
     Returns:
         {split: (pairs over a limit, pairs counted)}; the training split is counted on an evenly
@@ -228,7 +256,14 @@ def _log_lengths(config: ml_collections.ConfigDict, tokenizers: Tokenizers, trai
     index = np.arange(n) if n <= _LENGTH_SAMPLE else np.linspace(0, n - 1, _LENGTH_SAMPLE).astype(np.int64)
     train_pairs = [pair for start in range(0, len(index), _CHUNK)
                    for pair in train_reader.read(index[start:start + _CHUNK])]
-    counts = {config.train_split: (_long_pairs(train_pairs, tokenizers, config), len(train_pairs))}
+    unknown = np.zeros((2, 2), np.int64) if vocab_from else None  # [side, (<unk>, tokens)]
+    counts = {config.train_split: (_long_pairs(train_pairs, tokenizers, config, unknown), len(train_pairs))}
+    if unknown is not None:
+        (su, st), (tu, tt) = unknown.tolist()
+        _log.info("Vocabulary from %s on %d training pairs: <unk> is %d of %d source tokens (%.2f%%) and %d of %d "
+                  "target tokens (%.2f%%)%s", vocab_from, len(train_pairs), su, st, 100 * su / max(st, 1), tu, tt,
+                  100 * tu / max(tt, 1), "" if su + tu == 0 else
+                  " (characters it has no piece for are lost; a run from scratch trains a vocabulary of this data)")
     for split, e in evals.items():  # eval truncates sources only: references are scored whole
         source_long = _long_pairs(e.pairs, tokenizers, config)[0]
         counts[split] = ((source_long, 0, source_long), len(e.pairs))
@@ -263,6 +298,14 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if config.vocab_model_type not in MODEL_TYPES:
         raise UserError(f"vocab_model_type: got {config.vocab_model_type!r}, expected one of "
                         f"{MODEL_TYPES}")
+    if config.subword_alpha < 0:
+        raise UserError(f"subword_alpha: got {config.subword_alpha}, expected >= 0 (0 = off)")
+    if config.subword_alpha > 0 and config.vocab_model_type != "unigram":
+        raise UserError(f"subword_alpha: sampled segmentations need a unigram vocabulary, got "
+                        f"vocab_model_type={config.vocab_model_type!r}; set data.vocab_model_type='unigram' or "
+                        "data.subword_alpha=0")
+    if config.subword_alpha > 0 and config.subword_nbest < 2:
+        raise UserError(f"subword_nbest: got {config.subword_nbest}, expected >= 2 segmentations to sample from")
     if config.batch_size <= 0 and config.tokens_per_batch <= 0:
         raise UserError("tokens_per_batch: got <= 0 with batch_size <= 0, expected one positive")
 
@@ -278,7 +321,7 @@ def _train_stream(config: ml_collections.ConfigDict, reader: catalog.PairReader,
                         f"pairs leave process {process_index} without data")
     shuffled = _ShuffledChunk(records, config.read_chunk_size, config.seed)
     chunks = (grain.MapDataset.range(shuffled.chunks_per_epoch).repeat(config.num_epochs or None)
-              .map_with_index(shuffled).map(_ReadEncodeChunk(reader, encode)))
+              .map_with_index(shuffled).map(_ReadEncodeChunk(reader, encode, config.seed)))
     it = chunks.to_iter_dataset(grain.ReadOptions(
         num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_chunks))
     max_length = max(config.max_source_length, config.max_target_length)
@@ -317,8 +360,8 @@ def _eval_set(config: ml_collections.ConfigDict, reader: catalog.PairReader, enc
 
 
 def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
-                  process_index: int | None = None, process_count: int | None = None
-                  ) -> Datasets:
+                  process_index: int | None = None, process_count: int | None = None,
+                  tokenizers: Tokenizers | None = None, vocab_from: str = "") -> Datasets:
     """Builds or loads data and vocabulary; returns the training stream and eval sets.
 
     Args:
@@ -326,6 +369,8 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
         workdir: run directory; the vocabulary is kept in `<workdir>/vocab/`.
         process_index: this host's index (default `jax.process_index()`).
         process_count: number of hosts (default `jax.process_count()`).
+        tokenizers: a vocabulary made elsewhere (a fine-tuning run's parent's, `vocab_from`) instead of
+            the one trained on this data; the <unk> tokens it makes of the training data are logged.
 
     Returns:
         `Datasets`; see its docstring and the `train.data` docstring for the batch format.
@@ -350,7 +395,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     limit = config.vocab_max_sentences
     timings = {"data": time.time() - tick}
     tick = time.time()
-    tokenizers = load_or_train_tokenizers(
+    tokenizers = tokenizers or load_or_train_tokenizers(
         os.path.join(workdir, "vocab"), shared=config.shared_vocab, vocab_size=config.vocab_size,
         model_type=config.vocab_model_type, character_coverage=config.character_coverage,
         dataset_id=dataset_id,
@@ -360,7 +405,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     tick = time.time()
 
     encode = _Encode(tokenizers, config.max_source_length, config.max_target_length,
-                     config.length_policy)
+                     config.length_policy, config.subword_alpha, config.subword_nbest)
     train, shapes, num_train = _train_stream(config, train_reader, encode, lengths, process_index,
                                              process_count)
     # Eval never drops a pair: over-long sources are truncated, references stay whole text.
@@ -368,7 +413,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
                           "truncate")
     evals = {split: _eval_set(config, readers[split], eval_encode, lengths)
              for split in eval_names}
-    long_pairs = _log_lengths(config, tokenizers, train_reader, evals) if process_index == 0 else {}
+    long_pairs = _log_lengths(config, tokenizers, train_reader, evals, vocab_from) if process_index == 0 else {}
     over, counted = long_pairs.get(config.train_split, (0, 0))
     if config.length_policy == "filter" and 0 < over == counted == len(train_reader):
         # Every pair would be filtered out: the repeating training stream would search forever.

@@ -72,6 +72,7 @@ class Tokenizer:
     def __init__(self, model_proto: bytes):
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        self._piece_scores: np.ndarray | None = None  # [V] log P of each piece (`sample_encode`)
         specials = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
         if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise UserError(f"model_proto: special ids (pad, unk, bos, eos) got {specials}, "
@@ -114,6 +115,25 @@ class Tokenizer:
         """Text -> [L] int32 ids, ending with eos unless `add_eos` is False."""
         ids = self._sp.encode(text, add_eos=add_eos)
         return np.asarray(ids, dtype=np.int32)  # [L]
+
+    def sample_encode(self, text: str, *, alpha: float, nbest: int, rng: np.random.Generator,
+                      add_eos: bool = True) -> np.ndarray:
+        """Text -> [L] int32 ids of a sampled segmentation (subword regularization, Kudo 2018).
+
+        One of the `nbest` best segmentations x of a unigram model, drawn with P(x) ~ P(x)^alpha
+        by `rng` (so a seeded generator gives the same segmentation again); alpha -> 0 is uniform
+        over them, a large alpha the best one (`encode`).
+        """
+        candidates = self._sp.nbest_encode_as_ids(text, nbest_size=nbest)  # best first
+        if len(candidates) > 1:
+            if self._piece_scores is None:
+                self._piece_scores = np.array([self._sp.get_score(i) for i in range(self.vocab_size)])  # [V]
+            logp = np.array([self._piece_scores[c].sum() for c in candidates])  # [n] log P_unigram(x)
+            weights = np.exp(alpha * (logp - logp.max()))  # [n]
+            ids = candidates[rng.choice(len(candidates), p=weights / weights.sum())]
+        else:
+            ids = candidates[0] if candidates else []
+        return np.asarray(ids + [EOS_ID] if add_eos else ids, dtype=np.int32)  # [L]
 
     def encode_batch(self, texts: Sequence[str], *, add_eos: bool = True,
                      length: int | None = None) -> np.ndarray:
