@@ -305,6 +305,8 @@ def run_training(session: Session, segment: str, command: Command | None = None)
     """`python -m train.translate [--config=...] ...`: trains a tiny run, once per README text."""
     def train():
         call = TranslateCall.parse(segment)
+        if call.overrides.get("init_from"):  # fine-tuning: the run it starts from is trained first
+            _ensure_trained(session, call.overrides["init_from"], segment)
         _check_trained(session.shell(_tiny_training(session, call, session.checkout)), call, session.checkout)
     session.once(("train", segment), train)
 
@@ -336,7 +338,8 @@ def run_on_trained_run(session: Session, segment: str, command: Command) -> None
     call = TranslateCall.parse(segment)
     if call.mode == "train":
         return run_training(session, segment)
-    _ensure_trained(session, call.workdir, segment)
+    for workdir in [call.workdir, *filter(None, (call.flag("ensemble") or "").split(","))]:
+        _ensure_trained(session, workdir, segment)
     _generate_inputs(session, call, session.checkout)
     with session.workdir_lock(call.workdir):
         ran = session.shell(segment).ok()

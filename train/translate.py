@@ -13,6 +13,8 @@ r"""Train, evaluate and translate: `python -m train.translate`.
     printf 'forty two\tzweiundvierzig\n' | python -m train.translate --mode=align   # Pharaoh word links
     python -m train.translate --mode=translate --sentence="forty two" --align       # translation<TAB>links
     python -m train.translate --mode=export --format=ctranslate2 --output_dir=runs/default_ct2
+    python -m train.translate --workdir=runs/b --mode=translate --ensemble=runs/a  # two runs decoded as one
+    python -m train.translate --workdir=runs/tuned --config.init_from=runs/a ...    # fine-tune runs/a
 
 A thin entry: flags -> config -> `train.loop` (training), `train.modes` (eval,
 translate, score), `train.align` (align), `train.export` (export) or `train.server` (serve),
