@@ -163,3 +163,23 @@ def test_corpus_without_validation_is_a_one_line_error(tmp_path):
     c = _config(tmp_path / "tfds", dataset="tsv", train_file=str(tsv))
     with pytest.raises(ValueError, match="eval_splits: dataset 'tsv' has no 'validation' split.*eval_holdout"):
         data.make_datasets(c, str(tmp_path / "work"), process_index=0, process_count=1)
+
+
+def test_a_corpus_another_process_prepared_meanwhile_is_read(tmp_path):
+    # Two trainers started together on one new corpus: both make a builder before either has written
+    # it; the first prepares it, the second (waiting on the lock) must read it, not write it again.
+    train = tmp_path / "pairs.tsv"
+    train.write_text("".join(f"one {i}\teins {i}\n" for i in range(12)))
+    made = []
+
+    def make():  # the second trainer's first builder is made before the first trainer writes the data
+        made.append(corpus.corpus_builder((str(train),), (), 2, str(tmp_path / "tfds"), (), 2000))
+        if len(made) == 1:
+            first = catalog.prepare(lambda: corpus.corpus_builder((str(train),), (), 2, str(tmp_path / "tfds"),
+                                                                  (), 2000))
+            assert sorted(first.info.splits) == ["train", "validation"]
+        return made[-1]
+
+    late = catalog.prepare(make)  # TFDS with the stale builder: FileExistsError renaming its directory
+    assert not made[0].info.splits and sorted(late.info.splits) == ["train", "validation"]
+    assert len(catalog.split_sources(late, ["train"])["train"]) == 10

@@ -10,8 +10,10 @@ from ``tfds.testing.mock_data``; `record_text` accepts both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 
+import filelock
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
@@ -48,12 +50,21 @@ def check_name(name: str) -> None:
 def prepare_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """Returns the prepared builder of TFDS dataset `name` ("dataset[/config][:version]")."""
     check_name(name)
-    return prepare(tfds.builder(name, data_dir=data_dir or None))
+    return prepare(lambda: tfds.builder(name, data_dir=data_dir or None))
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-    """Writes `builder`'s data as array_record unless its data dir already holds it."""
-    builder.download_and_prepare(file_format="array_record")
+def prepare(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+    """The builder `make()` returns, its data written as array_record unless its data dir holds it.
+
+    Trainers launched together on the same new data (two seeds of one corpus) take turns: the
+    first writes it, the others wait on a file lock beside it, then make their builder afresh,
+    which reads what the first wrote.
+    """
+    path = make().data_dir
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with filelock.FileLock(f"{path}.lock"):
+        builder = make()
+        builder.download_and_prepare(file_format="array_record")
     return builder
 
 

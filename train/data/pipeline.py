@@ -119,8 +119,8 @@ def load_dataset(config: ml_collections.ConfigDict, splits: Sequence[str] | None
             raise UserError("train_file: dataset 'tsv' needs train_file or train_source_file and "
                             "train_target_file")
         tests = _files(config.test_file) or _files(config.test_source_file, config.test_target_file)
-        builder = catalog.prepare(corpus.corpus_builder(train, evals, config.eval_holdout,
-                                                        data_dir, tests, config.max_line_chars))
+        builder = catalog.prepare(lambda: corpus.corpus_builder(train, evals, config.eval_holdout, data_dir, tests,
+                                                                config.max_line_chars))
         source_key, target_key = "source", "target"
     else:
         builder = catalog.prepare_builder(config.dataset, data_dir)
