@@ -115,32 +115,29 @@ def test_order_deterministic_from_seed_and_reshuffled_per_epoch(dirs):
     assert epochs[0] != epochs[1]
 
 
+def _check_resume(dirs, skip, **kwargs):
+    """A stream restored from the state after `skip` batches gives the next 8 batches again."""
+    it = iter(_make(dirs, **kwargs).train)
+    for _ in range(skip):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(8)]
+    resumed = iter(_make(dirs, **kwargs).train)
+    resumed.set_state(state)
+    assert _same([next(resumed) for _ in range(8)], expected)
+
+
 @pytest.mark.parametrize("packing, threads, prefetch", [(False, 0, 0), (False, 1, 2),
                                                         (True, 0, 0), (True, 1, 2)])
 @pytest.mark.parametrize("skip", [0, 1, 5, 11, 25])  # 25 crosses an epoch
 def test_save_restore_gives_identical_batches(dirs, packing, threads, prefetch, skip):
-    kwargs = dict(num_epochs=0, packing=packing, read_threads=threads, prefetch_batches=prefetch)
-    it = iter(_make(dirs, **kwargs).train)
-    for _ in range(skip):
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))
-    expected = [next(it) for _ in range(8)]
-    resumed = iter(_make(dirs, **kwargs).train)
-    resumed.set_state(state)
-    assert _same([next(resumed) for _ in range(8)], expected)
+    _check_resume(dirs, skip, num_epochs=0, packing=packing, read_threads=threads, prefetch_batches=prefetch)
 
 
 @pytest.mark.parametrize("threads, skip", [(0, 5), (1, 25)])  # 25 crosses an epoch
 def test_sampled_segmentations_resume_identically(dirs, threads, skip):
-    kwargs = dict(num_epochs=0, read_threads=threads, prefetch_batches=2, subword_alpha=0.1, subword_nbest=8)
-    it = iter(_make(dirs, **kwargs).train)
-    for _ in range(skip):
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))
-    expected = [next(it) for _ in range(8)]
-    resumed = iter(_make(dirs, **kwargs).train)
-    resumed.set_state(state)
-    assert _same([next(resumed) for _ in range(8)], expected)
+    _check_resume(dirs, skip, num_epochs=0, read_threads=threads, prefetch_batches=2, subword_alpha=0.1,
+                  subword_nbest=8)
 
 
 def test_sampled_segmentations_spell_the_same_pairs_differently_and_never_in_evaluation(dirs, train_pairs):

@@ -106,13 +106,13 @@ def _ensemble(model, params, tokenizers: Tokenizers, workdir: str, others: Seque
     for other in others:
         if os.path.abspath(other) == os.path.abspath(workdir):
             raise UserError(f"--ensemble: {other!r} is --workdir itself; list the other runs")
-        theirs = load_tokenizers(os.path.join(other, "vocab"),
-                                 shared=saved_config.trained_run_config(other, {}).data.shared_vocab)
+        other_config = saved_config.trained_run_config(other, {})
+        theirs = load_tokenizers(os.path.join(other, "vocab"), shared=other_config.data.shared_vocab)
         if theirs.fingerprint() != tokenizers.fingerprint():
             raise UserError(f"--ensemble: {other!r} has another vocabulary than {workdir!r} (an ensemble's models "
                             "share one: train them with the same vocabulary, e.g. by --config.init_from or by "
                             "copying vocab/ before training)")
-        member, member_params, step = run.restore_params(other, checkpoint_name, tokenizers, parallel)
+        member, member_params, step = run.restore_params(other, checkpoint_name, tokenizers, parallel, other_config)
         _log.info("Ensemble member %s: %s model, checkpoint %d (%s)", other, type(member).__name__, step,
                   checkpoint_name)
         models.append(member)

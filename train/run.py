@@ -138,7 +138,8 @@ def averaged(run: Run, ckpt: checkpoint.Checkpointer, step: int):
     return state.replace(params=mean)
 
 
-def restore_params(workdir: str, which: str, tokenizers: Tokenizers, parallel: Any) -> tuple[Any, Any, int]:
+def restore_params(workdir: str, which: str, tokenizers: Tokenizers, parallel: Any,
+                   config: ml_collections.ConfigDict | None = None) -> tuple[Any, Any, int]:
     """(model, params, step) of `--checkpoint=which` of the run in `workdir`, for another run's use.
 
     The run's saved config gives its model (sized for `tokenizers`, which its checkpoints must
@@ -146,7 +147,7 @@ def restore_params(workdir: str, which: str, tokenizers: Tokenizers, parallel: A
     reading run's) places the parameters. A fine-tuning run starts from them; an ensemble
     decodes with them.
     """
-    config = saved_config.trained_run_config(workdir, {})
+    config = config if config is not None else saved_config.trained_run_config(workdir, {})  # its saved config
     schedule = optim.make_schedule(config)
     model = build.build_model(config, vocab_size=max(config.data.vocab_size, 8))
     other = for_vocabulary(config, workdir, tokenizers,
