@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from jaxattn.decoding.steppers import unwrap_nnx
 from train import evaluation
 from train.data import batching
 from train.errors import UserError
@@ -92,7 +93,8 @@ class Translator:
     """Batched, length-sorted translation and scoring with a trained model.
 
     Args:
-      trained: a `train.modes.Trained` (config, model, params, tokenizers).
+      trained: a `train.modes.Trained` (config, model, params, tokenizers); its model may be a
+        `jaxattn.nnx.Model` (params None).
       batch_size: rows per batch; 0 = `config.data.eval_batch_size`.
       progress: a tqdm bar on stderr while batches run (tqdm hides it when stderr is no
         terminal; never shown for a single batch).
@@ -108,7 +110,9 @@ class Translator:
         if row_sizes is not None and (not row_sizes or min(row_sizes) < 1):
             raise UserError(f"row_sizes: got {tuple(row_sizes)}, expected batch heights >= 1")
         self.trained, self.config = trained, trained.config
-        self._model, self._params, self._tokenizers = trained.model, trained.params, trained.tokenizers
+        # An NNX model (`train.nnx_weights.load`) holds its weights: decode its Linen module with them.
+        self._model, self._params = unwrap_nnx(trained.model, trained.params)
+        self._tokenizers = trained.tokenizers
         self._row_sizes = tuple(sorted(set(row_sizes))) if row_sizes is not None else None
         self._batch_size = self._row_sizes[-1] if self._row_sizes else batch_size or self.config.data.eval_batch_size
         self._progress = progress

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxattn.decoding.steppers import as_variables, encode, make_stepper, special_ids
+from jaxattn.decoding.steppers import encode, make_stepper, model_arguments, special_ids
 
 __all__ = ["beam_search", "length_penalty", "BeamState"]
 
@@ -122,13 +122,14 @@ def _beam_search(model, variables, inputs, *, max_len, beam_size, alpha, bos_id,
     return seqs, scores
 
 
-def beam_search(model, params, inputs, *, max_len: int, beam_size: int = 4, alpha: float = 0.6,
+def beam_search(model, params, inputs=None, *, max_len: int, beam_size: int = 4, alpha: float = 0.6,
                 bos_id: int | None = None, eos_id: int | None = None, cached: bool = True,
                 return_all: bool = False):
     """Batched beam search.
 
     Args:
-      model: a jaxattn model (`build_model(config)`).
+      model: a jaxattn model (`build_model(config)`), or a `jaxattn.nnx.Model` (then
+        `beam_search(model, inputs, ...)`: it holds its weights).
       params: {"params": ...} variables, or the bare params tree.
       inputs: [B, S] int source ids (0-padded).
       max_len: T', the most output tokens.
@@ -148,8 +149,9 @@ def beam_search(model, params, inputs, *, max_len: int, beam_size: int = 4, alph
         raise ValueError(f"beam_size: expected a positive int, got {beam_size!r}")
     if not alpha >= 0:
         raise ValueError(f"alpha: expected a length-penalty exponent >= 0, got {alpha!r}")
+    model, variables, inputs = model_arguments("beam_search", model, params, inputs)
     bos_id, eos_id = special_ids(model, bos_id, eos_id)
-    seqs, scores = _beam_search(model, as_variables(params), inputs, max_len=max_len,
+    seqs, scores = _beam_search(model, variables, inputs, max_len=max_len,
                                 beam_size=beam_size, alpha=float(alpha), bos_id=bos_id,
                                 eos_id=eos_id, cached=cached)
     return (seqs, scores) if return_all else seqs[:, 0]

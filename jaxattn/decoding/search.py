@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxattn.decoding.steppers import as_variables, encode, make_stepper, special_ids
+from jaxattn.decoding.steppers import encode, make_stepper, model_arguments, special_ids
 
 __all__ = ["greedy_decode", "sample_decode", "DecodeState"]
 
@@ -64,12 +64,13 @@ def _greedy(model, variables, inputs, *, max_len, bos_id, eos_id, cached):
                         choose=lambda logits, _: jnp.argmax(logits, axis=-1))
 
 
-def greedy_decode(model, params, inputs, *, max_len: int, bos_id: int | None = None,
+def greedy_decode(model, params, inputs=None, *, max_len: int, bos_id: int | None = None,
                   eos_id: int | None = None, cached: bool = True):
     """Greedy decoding.
 
     Args:
-      model: a jaxattn model (`build_model(config)`).
+      model: a jaxattn model (`build_model(config)`), or a `jaxattn.nnx.Model`, which holds its
+        weights: call `greedy_decode(model, inputs, ...)` (every decoding function takes it so).
       params: {"params": ...} variables, or the bare params tree.
       inputs: [B, S] int source ids (0-padded).
       max_len: T', the most output tokens.
@@ -81,8 +82,9 @@ def greedy_decode(model, params, inputs, *, max_len: int, bos_id: int | None = N
       (a row that never emits <eos> fills all T').
     """
     _check_len(max_len)
+    model, variables, inputs = model_arguments("greedy_decode", model, params, inputs)
     bos_id, eos_id = special_ids(model, bos_id, eos_id)
-    return _greedy(model, as_variables(params), inputs, max_len=max_len, bos_id=bos_id,
+    return _greedy(model, variables, inputs, max_len=max_len, bos_id=bos_id,
                    eos_id=eos_id, cached=cached)
 
 
@@ -106,7 +108,7 @@ def _sample(model, variables, inputs, rng, *, max_len, bos_id, eos_id, cached, t
                         eos_id=eos_id, cached=cached, choose=_sampler(temperature, top_k))
 
 
-def sample_decode(model, params, inputs, rng, *, max_len: int, temperature: float = 1.0,
+def sample_decode(model, params, inputs, rng=None, *, max_len: int, temperature: float = 1.0,
                   top_k: int = 0, bos_id: int | None = None, eos_id: int | None = None,
                   cached: bool = True):
     """Ancestral sampling with temperature and optional top-k truncation.
@@ -125,6 +127,7 @@ def sample_decode(model, params, inputs, rng, *, max_len: int, temperature: floa
         raise ValueError(f"temperature: expected > 0, got {temperature!r}")
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
+    model, variables, inputs, rng = model_arguments("sample_decode", model, params, inputs, rng)
     bos_id, eos_id = special_ids(model, bos_id, eos_id)
-    return _sample(model, as_variables(params), inputs, rng, max_len=max_len, bos_id=bos_id,
+    return _sample(model, variables, inputs, rng, max_len=max_len, bos_id=bos_id,
                    eos_id=eos_id, cached=cached, temperature=float(temperature), top_k=top_k)

@@ -17,6 +17,7 @@ touches `memory`.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxattn import _checks
 
-__all__ = ["Stepper", "as_variables", "encode", "make_stepper", "special_ids"]
+__all__ = ["Stepper", "as_variables", "encode", "make_stepper", "model_arguments", "special_ids", "unwrap_nnx"]
 
 
 class Stepper(NamedTuple):
@@ -40,6 +41,33 @@ def as_variables(params):
     if isinstance(params, dict) and "params" in params:
         return params
     return {"params": params}
+
+
+def unwrap_nnx(model, params):
+    """(Linen model, params): an NNX model's (`jaxattn.nnx.Model`) own, else the arguments as given."""
+    if "flax.nnx" not in sys.modules:  # no NNX model exists yet, and importing flax.nnx takes 0.4 s
+        return model, params
+    from jaxattn import nnx as jaxattn_nnx  # noqa: PLC0415
+
+    return jaxattn_nnx.as_linen(model, params)
+
+
+def model_arguments(name: str, model, params, *rest) -> tuple:
+    """(Linen model, variables, *rest) of a decoding call.
+
+    A Linen model comes with its `params`. An NNX model (`jaxattn.nnx.Model`) holds its weights,
+    so its callers leave `params` out, `name(model, inputs, ...)`: the positional arguments after
+    the model arrive one to the left, and the last of `rest` is None.
+    """
+    linen, weights = unwrap_nnx(model, params)
+    if linen is not model:
+        if rest and rest[-1] is not None:
+            raise TypeError(f"{name}: an NNX model holds its weights; call {name}(model, inputs, ...) "
+                            "without params")
+        return (linen, as_variables(weights), params, *rest[:-1])
+    if any(arg is None for arg in rest):
+        raise TypeError(f"{name}: a Linen model needs its params: {name}(model, params, inputs, ...)")
+    return (model, as_variables(params), *rest)
 
 
 def special_ids(model, bos_id: int | None, eos_id: int | None) -> tuple[int, int]:
