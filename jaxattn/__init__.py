@@ -1,7 +1,8 @@
 """jaxattn: attention in JAX, from Bahdanau to the Transformer.
 
 Pure-function attention primitives (this package's top level) composed into
-thin Flax Linen modules (`jaxattn.models`) and decoded by `jaxattn.decoding`.
+thin Flax Linen modules (`jaxattn.models`; `jaxattn.nnx` gives each to Flax NNX
+users over the same definition) and decoded by `jaxattn.decoding`.
 
 Axis alphabet, used in every einsum string, shape comment, docstring, error
 and jaxtyping annotation (`query: Float[Array, "B T N H"]`):

@@ -6,6 +6,10 @@ logits, encode, the KV-cache step, attention maps and decoded tokens. The weight
 run move into an NNX model and back into a workdir that the trainer's modes read.
 """
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 
 import chex
 import jax
@@ -15,6 +19,7 @@ import optax
 import pytest
 from flax import nnx
 from model_params import numpy_init, toy_batch
+from shared import one_device_xla_flags
 
 from jaxattn import nnx as jaxattn_nnx
 from jaxattn.decoding import beam_search, greedy_decode, sample_decode
@@ -168,3 +173,17 @@ def test_a_linen_call_without_params_and_an_nnx_call_with_them_are_errors():
         greedy_decode(model, params, inputs, max_len=4)
     with pytest.raises(TypeError, match=r"beam_search: a Linen model needs its params"):
         beam_search(linen, inputs, max_len=4)
+
+
+@pytest.mark.slow  # a subprocess that compiles three train steps
+def test_step_benchmark_runs():
+    """`python -m benchmarks.nnx_step --smoke`: the three steps train and the table has their ratios."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ran = subprocess.run([sys.executable, "-m", "benchmarks.nnx_step", "--smoke", "--rounds=2", "--steps=2"],
+                         cwd=repo, env={**os.environ, "XLA_FLAGS": one_device_xla_flags()}, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    rows = [line for line in ran.stdout.splitlines() if line.startswith("| transformer (test size")]
+    assert len(rows) == 1, ran.stdout
+    assert re.fullmatch(r"\| transformer \(test size, D16 1\+1\) \| 8 x 12 \| [\d.]+ \| [\d.]+ \([\d.]+\) \| "
+                        r"[\d.]+ \([\d.]+\) \|", rows[0]), rows[0]

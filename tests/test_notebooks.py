@@ -27,7 +27,7 @@ def _kernel_env() -> dict[str, str]:
 
 
 def test_there_are_notebooks():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_"], [p.name for p in NOTEBOOKS]
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_"], [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -5,7 +5,8 @@
     tokens = sample_decode(model, params, inputs, rng, max_len=64, temperature=0.8, top_k=20)
 
 `model` is `jaxattn.models.build_model(config)`; `params` the variables dict (or the
-bare params tree). <sos> and <eos> are the model config's `bos_id` / `eos_id` unless
+bare params tree). A `jaxattn.nnx.Model` holds its weights and is passed without them:
+`greedy_decode(model, inputs, max_len=64)`, `sample_decode(model, inputs, rng, ...)`. <sos> and <eos> are the model config's `bos_id` / `eos_id` unless
 given. Outputs are eos-terminated and 0-padded. By default decoding is
 incremental (`cached=True`): Transformer decoder self-attention reads a KV cache
 and cross-attention keys/values are projected once per source sentence; RNNs carry
