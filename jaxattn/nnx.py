@@ -16,6 +16,7 @@ for path (`linen_params`, `from_linen_params` move weights between the two).
 
 `train=True` runs dropout (and scheduled sampling) with keys drawn from `rngs`: its `dropout`
 (`sampling`) stream when it has one, else its default stream, as Linen falls back to `params`.
+A call that leaves `train` out follows NNX's switches: `model.train()`, `model.eval()` (the default).
 The trainer's workdirs read and write NNX models through `train.nnx_weights`.
 """
 from __future__ import annotations
@@ -42,6 +43,10 @@ def _init(module, rngs, inputs, targets):
     return module.init(rngs, inputs, targets)
 
 
+# The calls that take `train=` (the others, `init_cache` and `decode_step`, never drop out).
+_TAKES_TRAIN = {None: True, "__call__": True, "encode": True, "decode": True}
+
+
 class Model(bridge.ToNNX):
     """A jaxattn model (any family, any config) as an NNX module.
 
@@ -50,7 +55,8 @@ class Model(bridge.ToNNX):
       rngs: `nnx.Rngs`; its default (or `params`) stream initializes the weights, its `dropout` /
         `sampling` streams (or the default) drive `train=True`.
 
-    Calls take the Linen model's arguments: `model(inputs, targets, train=False, **kwargs)`,
+    Calls take the Linen model's arguments: `model(inputs, targets, train=False, **kwargs)`
+    (`train` defaults to NNX's mode: `model.train()` turns dropout on, `model.eval()` off),
     `model.encode(inputs)`, `model.decode(encoded, targets)`, `model.init_cache(encoded, max_len)`,
     `model.decode_step(memory, state, tokens, index)`, and `mutable=["intermediates"]` with a
     `config.replace(capture_attention=True)` model for attention maps (`model.attention_maps`).
@@ -65,6 +71,22 @@ class Model(bridge.ToNNX):
         variables = _init(self.linen, streams, sample, sample)
         for name, value in bridge.variables.linen_vars_to_nnx_attrs(variables).items():
             setattr(self, name, nnx.data(value))
+        self.to_nnx__deterministic = True  # what a call without `train=` runs: model.eval() / model.train()
+
+    @property
+    def deterministic(self) -> bool:
+        """False after `model.train()`, True after `model.eval()` (and at first): whether calls that
+        leave out `train=` run without dropout. An explicit `train=` always wins."""
+        return self.to_nnx__deterministic
+
+    @deterministic.setter
+    def deterministic(self, value: bool) -> None:
+        self.to_nnx__deterministic = bool(value)
+
+    def __call__(self, *args, method=None, **kwargs):
+        if _TAKES_TRAIN.get(getattr(method, "__name__", method), False) and "train" not in kwargs:
+            kwargs["train"] = not self.to_nnx__deterministic
+        return super().__call__(*args, method=method, **kwargs)
 
     @property
     def config(self):

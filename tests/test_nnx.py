@@ -120,7 +120,7 @@ def test_built_eagerly_from_a_config(config):
     assert any(jax.tree.leaves(differ)), "another seed draws other weights"
 
 
-def test_dropout_draws_from_the_rngs_streams():
+def test_dropout_draws_from_the_rngs_streams_and_follows_train_and_eval():
     config = TransformerConfig(**{**TRANSFORMER, "dropout_rate": 0.3})
     inputs, targets = toy_batch()
     _, _, params = _pair("transformer-sinusoidal")
@@ -128,8 +128,17 @@ def test_dropout_draws_from_the_rngs_streams():
     run = nnx.jit(lambda m, x, y: m(x, y, train=True))
     first, second = run(model, inputs, targets), run(model, inputs, targets)
     assert not np.allclose(first, second), "each call draws a new dropout key"
-    np.testing.assert_array_equal(nnx.jit(lambda m, x, y: m(x, y))(model, inputs, targets),
-                                  jax.jit(build_model(config).apply)({"params": params}, inputs, targets))
+    call = nnx.jit(lambda m, x, y: m(x, y))
+    linen = jax.jit(build_model(config).apply)({"params": params}, inputs, targets)
+    assert model.deterministic
+    np.testing.assert_array_equal(call(model, inputs, targets), linen)
+    # NNX's mode switches: a call without train= follows them, an explicit train= wins.
+    model.train()
+    assert not model.deterministic
+    assert not np.allclose(call(model, inputs, targets), linen)
+    np.testing.assert_array_equal(nnx.jit(lambda m, x, y: m(x, y, train=False))(model, inputs, targets), linen)
+    model.eval()
+    np.testing.assert_array_equal(call(model, inputs, targets), linen)
 
 
 def test_trains_with_nnx_optimizer():
