@@ -21,7 +21,7 @@ import tempfile
 import jax
 
 from jaxattn import nnx as jaxattn_nnx
-from train import build, modes, run, saved_config, sharding
+from train import build, modes, run, saved_config, sharding, steps
 from train.data import load_tokenizers
 from train.errors import UserError
 
@@ -60,8 +60,10 @@ def save(model: jaxattn_nnx.Model, workdir: str, *, like: str, step: int = 0) ->
         shutil.copytree(os.path.join(like, "vocab"), os.path.join(partial, "vocab"))
         saved_config.save_config(config, partial)
         rng = sharding.global_rng(config.seed)
-        state = built.parallel.place_state(the_run.init_fn(rng))
-        state = state.replace(step=step, params=jaxattn_nnx.linen_params(model))
+        # The model's own weights and a fresh optimizer state for them (no second initialization).
+        state = steps.TrainState.create(apply_fn=the_run.model.apply, params=jaxattn_nnx.linen_params(model),
+                                        tx=built.optimizer)
+        state = built.parallel.place_state(state.replace(step=step))
         ckpt = run.checkpointer(config, partial)
         try:
             ckpt.save(step, state, rng, None, run.checkpoint_config(the_run))
