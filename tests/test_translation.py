@@ -274,6 +274,23 @@ def test_cli_score_and_a_failed_run(run, alone, tmp_path):
     assert output.read_text() == "old\n" and os.listdir(tmp_path) == ["scores.txt"]
 
 
+@pytest.mark.slow
+def test_cli_translation_loads_no_training_data_pipeline(run, alone, tmp_path):
+    """Translating reads only the vocabulary: grain and TFDS (0.7 s of imports) stay unloaded."""
+    _, workdir = run
+    report = tmp_path / "modules.txt"
+    driver = ("import atexit, runpy, sys\n"
+              f"atexit.register(lambda: open({str(report)!r}, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+              "runpy.run_module('train.translate', run_name='__main__', alter_sys=True)\n")
+    done = subprocess.run([sys.executable, "-c", driver, f"--workdir={workdir}", "--mode=translate", "--sentence=five"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == alone.translate(["five"])[0] + "\n"
+    loaded = set(report.read_text().split())
+    assert "train.translation" in loaded and not loaded & {"grain", "tensorflow_datasets"}, sorted(
+        m for m in loaded if m.split(".")[0] in ("grain", "tensorflow_datasets"))[:5]
+
+
 @pytest.fixture(scope="module")
 def twin(run, tmp_path_factory):
     """A copy of the run in another workdir: the same model, vocabulary and parameters."""

@@ -19,8 +19,7 @@ import optax
 
 from jaxattn import models
 from train import early_stopping, optim, sharding
-from train.data import catalog
-from train.data.pipeline import TSV
+from train.data.config import TSV
 from train.errors import UserError, one_line
 
 __all__ = ["MODEL_FAMILIES", "COMPUTE_DTYPES", "DECODE_STRATEGIES", "model_config", "build_model", "Built",
@@ -162,7 +161,7 @@ class Built:
         return dataclasses.replace(self, model=self.model.clone(config=model_cfg))
 
 
-def build(config: ml_collections.ConfigDict, parallel: Any = None) -> Built:
+def build(config: ml_collections.ConfigDict, parallel: Any = None, *, data: bool = True) -> Built:
     """Turns a run config into its model, optimizer with schedule and parallel strategy.
 
     Every part is made once, here; a config that cannot make one is a one-line
@@ -173,12 +172,17 @@ def build(config: ml_collections.ConfigDict, parallel: Any = None) -> Built:
       config: the run config.
       parallel: a strategy to use instead of the one `config.parallel` names
         (e.g. one device for loading a trained model).
+      data: whether to check that `config.data.dataset` names a dataset. False
+        where only the model is built (translating a trained run), so that TFDS
+        is not loaded.
 
     Returns:
       `Built`, its model sized for `config.data.vocab_size` (the trainer
       resizes it for the trained vocabulary with `Built.with_vocab_size`).
     """
-    if config.data.dataset != TSV:
+    if data and config.data.dataset != TSV:
+        from train.data import catalog  # noqa: PLC0415  (TFDS loads only where data is read)
+
         catalog.check_name(config.data.dataset)  # before the data is prepared
     model = build_model(config, vocab_size=max(config.data.vocab_size, 8))  # family, fields, dtype
     schedule = optim.make_schedule(config)

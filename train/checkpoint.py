@@ -32,7 +32,6 @@ import os
 import shutil
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -261,6 +260,8 @@ class Checkpointer:
             "config": ocp.args.JsonSave(config),
         }
         if data_iterator is not None:
+            import grain  # noqa: PLC0415  (the training data's position: grain loads only where there is one)
+
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         try:
             self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -295,6 +296,8 @@ class Checkpointer:
         target = {"state": abstract_state, "rng": abstract_rng}
         restored = self._restore_item(step, "state", ocp.args.StandardRestore(target), target)
         if data_iterator is not None:
+            import grain  # noqa: PLC0415
+
             self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return restored["state"], restored["rng"]
 

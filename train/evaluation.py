@@ -23,7 +23,7 @@ import sacrebleu
 from jaxattn import decoding
 from jaxattn.tokens import EOS_ID, PAD_ID
 from train import heatmaps
-from train.data import EvalBatch
+from train.data.eval_batching import EvalBatch
 from train.data.tokenizer import pad_rows
 
 __all__ = [

@@ -83,7 +83,7 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, checkpoint_nam
     `trained.model.apply({"params": trained.params}, inputs, targets)`. With `ensemble`, the model
     is the ensemble of this run and those workdirs' runs (`step` is this run's).
     """
-    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
+    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]), data=False)
     saved_config.check_workdir(config, workdir)
     ckpt = run.open_checkpoints(workdir, config)
     try:

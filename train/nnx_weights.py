@@ -49,7 +49,7 @@ def save(model: jaxattn_nnx.Model, workdir: str, *, like: str, step: int = 0) ->
         raise UserError(f"workdir: {workdir!r} exists; save to a new directory (nothing is overwritten)")
     config = saved_config.trained_run_config(like, {})
     tokenizers = load_tokenizers(os.path.join(like, "vocab"), shared=config.data.shared_vocab)
-    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
+    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]), data=False)
     parent = os.path.dirname(os.path.abspath(workdir))
     os.makedirs(parent, exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.partial-", dir=parent)

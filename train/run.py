@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from train import build, checkpoint, early_stopping, evaluation, optim, saved_config, sharding, steps
-from train.data import Tokenizers, load_tokenizers, make_datasets
+from train import data
+from train.data import Tokenizers, load_tokenizers
 from train.errors import UserError
 
 __all__ = ["CHECKPOINT_CHOICES", "Run", "prepare", "for_vocabulary", "checkpoint_config", "restore",
@@ -80,7 +81,7 @@ def prepare(config, workdir: str, built: build.Built) -> Run:
     # A fine-tuning run's vocabulary is its parent's (`train.finetune` copied it), not one of this data.
     tokenizers = (load_tokenizers(os.path.join(workdir, "vocab"), shared=config.data.shared_vocab)
                   if config.init_from else None)
-    datasets = make_datasets(config.data, workdir, tokenizers=tokenizers, vocab_from=config.init_from)
+    datasets = data.make_datasets(config.data, workdir, tokenizers=tokenizers, vocab_from=config.init_from)
     _log.info("Data ready: %d training pairs, eval splits %s, vocabulary %d/%d (in %s)",
               datasets.num_train_examples, list(datasets.eval), datasets.tokenizers.source.vocab_size,
               datasets.tokenizers.target.vocab_size, os.path.join(workdir, "vocab"))

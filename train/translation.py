@@ -38,7 +38,7 @@ import tqdm
 
 from jaxattn.decoding.steppers import unwrap_nnx
 from train import evaluation
-from train.data import batching
+from train.data import eval_batching
 from train.errors import UserError
 
 __all__ = ["Hypothesis", "Score", "Translator", "sequence_log_probs", "read_lines", "parse_pairs",
@@ -85,7 +85,7 @@ def sequence_log_probs(model: Any, params: Any, inputs: jax.Array, targets: jax.
 def _bucket_lengths(data_config: ml_collections.ConfigDict, longest: int) -> tuple[int, ...]:
     """The run's bucket lengths, then multiples of the longest one up to `longest`."""
     max_length = max(data_config.max_source_length, data_config.max_target_length)
-    lengths = tuple(data_config.bucket_lengths) or batching.default_bucket_lengths(max_length)
+    lengths = tuple(data_config.bucket_lengths) or eval_batching.default_bucket_lengths(max_length)
     return lengths + tuple(range(2 * lengths[-1], longest + lengths[-1], lengths[-1]))
 
 
@@ -239,7 +239,7 @@ class Translator:
             buckets.setdefault(int(np.searchsorted(lengths, size)), []).append(i)
         batches = []
         for members in buckets.values():
-            for batch, index in batching.eval_batches([examples[i] for i in members], lengths=lengths,
+            for batch, index in eval_batching.eval_batches([examples[i] for i in members], lengths=lengths,
                                                       batch_size=self.rows_for(len(members))):
                 batches.append((batch, np.where(index >= 0, np.asarray(members)[np.maximum(index, 0)], -1)))
         out: list[Any] = [None] * len(examples)

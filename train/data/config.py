@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+TSV = "tsv"  # config.data.dataset for a user's own corpus (`train.data.corpus`)
+
 __all__ = ["default_data_config"]
 
 

@@ -26,6 +26,8 @@ import numpy as np
 from train.data import batching
 from train.data import catalog
 from train.data import corpus
+from train.data import eval_batching
+from train.data.config import TSV
 from jaxattn.tokens import UNK_ID
 from train.data.tokenizer import MODEL_TYPES, Tokenizers, load_or_train_tokenizers
 from train.errors import UserError
@@ -33,7 +35,6 @@ from train.errors import UserError
 __all__ = ["Datasets", "EvalSet", "make_datasets", "load_dataset"]
 
 _log = logging.getLogger(__name__)
-TSV = "tsv"
 _CHUNK = 256  # pairs read together for the vocabulary and eval sets
 
 
@@ -43,13 +44,13 @@ class EvalSet:
 
     Attributes:
         pairs: (source_text, target_text) per example; the references for BLEU / exact match.
-        batches: `batching.EvalBatch`es (batch, example_index): the model batch {"inputs": [B, L],
+        batches: `eval_batching.EvalBatch`es (batch, example_index): the model batch {"inputs": [B, L],
             "targets": [B, L] int32} and beside it example_index [B] int32; row r of a batch is
             pairs[example_index[r]], or an all-zero padding row if example_index[r] == -1.
     """
 
     pairs: list[tuple[str, str]]
-    batches: list[batching.EvalBatch]
+    batches: list[eval_batching.EvalBatch]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,7 +356,7 @@ def _eval_set(config: ml_collections.ConfigDict, reader: catalog.PairReader, enc
     pairs = [pair for start in range(0, count, _CHUNK)
              for pair in reader.read(range(start, min(count, start + _CHUNK)))]
     examples = [encode(pair) for pair in pairs]
-    return EvalSet(pairs, batching.eval_batches(examples, lengths=lengths,
+    return EvalSet(pairs, eval_batching.eval_batches(examples, lengths=lengths,
                                                 batch_size=config.eval_batch_size))
 
 
@@ -382,7 +383,7 @@ def make_datasets(config: ml_collections.ConfigDict, workdir: str, *,
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index: got {process_index}, expected in [0, {process_count})")
     max_length = max(config.max_source_length, config.max_target_length)
-    lengths = tuple(config.bucket_lengths) or batching.default_bucket_lengths(max_length)
+    lengths = tuple(config.bucket_lengths) or eval_batching.default_bucket_lengths(max_length)
     if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] < max_length:
         raise UserError(f"bucket_lengths: got {lengths}, expected ascending, last >= {max_length}")
 
