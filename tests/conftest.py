@@ -92,14 +92,15 @@ def tiny_run_reader(tiny_run, tmp_path_factory) -> str:
 # --- Scheduling ------------------------------------------------------------------------------
 # pytest-xdist hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`):
 # the longest files go first, so that no worker sits idle while another finishes a long file at the
-# end. Seconds per file from `--durations=0` of `CI=true .ci/run` on 2 cores (2026-12-06, c7a2cab); a
+# end. Seconds per file from `--durations=0` of `CI=true .ci/run` on 2 cores (2026-12-07, de6d73e); a
 # file not listed runs after these, in the usual order. Only the order changes, never what runs.
 LONGEST_FIRST = (
-    "test_readme_commands.py", "test_notebooks.py", "test_train_e2e.py", "test_server_cli.py",  # 272 143 141 82
-    "test_train_budgets.py", "test_models_transformer.py", "test_decoding.py", "test_models_rnn.py",  # 80 59 59 55
-    "test_experiments_length.py", "test_faults.py", "test_train_e2e_extensions.py", "test_export.py",  # 54 54 53 41
-    "test_translation.py", "test_train_bad_input.py", "test_server.py", "test_train_steps.py",  # 40 35 31 26
-    "test_train_multihost.py", "test_align.py",  # 26 24
+    "test_readme_commands.py", "test_notebooks.py", "test_train_e2e.py", "test_train_budgets.py",  # 259 179 128 82
+    "test_nnx.py", "test_server_cli.py", "test_experiments_length.py", "test_train_e2e_extensions.py",  # 77 67 59 56
+    "test_translation.py", "test_faults.py", "test_models_transformer.py", "test_models_rnn.py",  # 54 51 45 42
+    "test_decoding.py", "test_export.py", "test_server.py", "test_readme.py",  # 37 32 26 24
+    "test_nnx_workdir.py", "test_train_bad_input.py", "test_align.py", "test_ensemble.py",  # 22 22 22 21
+    "test_train_steps.py",  # 21
 )
 
 
