@@ -87,3 +87,19 @@ def test_a_bug_in_restore_keeps_its_type_and_traceback(trained, workdir, monkeyp
         modes.translate(_config(trained[1]), workdir, ["one"])
     assert not isinstance(error.value, UserError)
     assert error.traceback[-1].name == "broken_restore"  # raised where the bug is, not re-raised as damage
+
+
+def test_a_restored_state_has_the_types_of_a_fresh_one(trained):
+    """The train step of a resumed run is the program of a fresh run (no weak-typed leaf in either), so a
+    resume reads it from the compilation cache instead of compiling it again."""
+    config = _config(trained[1])
+    restored, _ = _restore_latest(config, trained[0])
+    built = build.build(config, parallel=sharding.MeshParallel(jax.devices()[:1]))
+    tokenizers = load_tokenizers(os.path.join(trained[0], "vocab"), shared=config.data.shared_vocab)
+    the_run = run.for_vocabulary(config, trained[0], tokenizers, built)
+    fresh = jax.eval_shape(the_run.init_fn, jax.random.PRNGKey(0))
+
+    def types(tree):  # the leaves' types by path (the two states' optimizers are different closures)
+        return [(jax.tree_util.keystr(path), x.shape, x.dtype, jax.typeof(x).weak_type)
+                for path, x in jax.tree_util.tree_leaves_with_path(tree)]
+    assert types(restored) == types(fresh)

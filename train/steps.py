@@ -63,7 +63,10 @@ def init_state(
     inputs = jnp.ones(input_shape, jnp.int32)                               # [B, S]
     targets = jnp.ones(target_shape, jnp.int32)                             # [B, T]
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, inputs, targets)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+    # A strongly typed step counter, as a restored checkpoint's is: with TrainState's weak-typed 0 a
+    # resumed run's train step would be another program, traced and compiled again.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def _non_pad_tokens(batch: dict[str, Any], pad_id: int) -> jax.Array:
