@@ -224,8 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         raise SystemExit(f"error: --minutes / --cores: {e}") from None
     args.override = dict(kv.split("=", 1) for kv in args.override)
-    paths = split_corpus(args.corpus, os.path.join(args.workdir, "data"), args.test, args.dev)
+    os.makedirs(args.workdir, exist_ok=True)
     results = Results(args.workdir)
+    with results.lock:  # another part of the study may be splitting the same corpus
+        paths = split_corpus(args.corpus, os.path.join(args.workdir, "data"), args.test, args.dev)
     for n in cores:
         for name in args.models.split(","):
             measure(name, n, minutes, args, paths, results)
