@@ -96,7 +96,8 @@ def tiny_run_reader(tiny_run, tmp_path_factory) -> str:
 # file not listed runs after these, in the usual order. Only the order changes, never what runs.
 LONGEST_FIRST = (
     "test_readme_commands.py", "test_notebooks.py", "test_train_e2e.py", "test_train_budgets.py",  # 259 179 128 82
-    "test_nnx.py", "test_server_cli.py", "test_experiments_length.py", "test_train_e2e_extensions.py",  # 77 67 59 56
+    "test_nnx.py", "test_server_cli.py", "test_recipes.py",  # 77 67 62 (test_recipes.py: -n 0, 2026-12-07)
+    "test_experiments_length.py", "test_train_e2e_extensions.py",  # 59 56
     "test_translation.py", "test_faults.py", "test_models_transformer.py", "test_models_rnn.py",  # 54 51 45 42
     "test_decoding.py", "test_export.py", "test_server.py", "test_readme.py",  # 37 32 26 24
     "test_nnx_workdir.py", "test_train_bad_input.py", "test_align.py", "test_ensemble.py",  # 22 22 22 21
