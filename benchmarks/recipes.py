@@ -23,6 +23,7 @@ import json
 import lzma
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -89,17 +90,13 @@ def _last_test_row(workdir: str) -> dict:
 
 
 def _run(command: list[str], cores: list[int], log: str) -> None:
-    command = ["taskset", "-c", ",".join(map(str, cores)), *command] if _has_taskset() else command
+    command = ["taskset", "-c", ",".join(map(str, cores)), *command] if shutil.which("taskset") else command
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(command)}\n")
         f.flush()
         done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(command[:6])} ... failed (exit {done.returncode}); see {log}")
-
-
-def _has_taskset() -> bool:
-    return subprocess.run(["which", "taskset"], capture_output=True, check=False).returncode == 0
 
 
 class Results:
